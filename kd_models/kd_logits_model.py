@@ -26,15 +26,19 @@ class KDLogitsModel(KDBaseModel):
           kd_opt: {type: L1Loss, loss_weight: 1.0}
     """
 
+    requires_kd_opt = True
+
     def init_training_settings(self):
         super().init_training_settings()
-        if len(self.teachers) != 1:
-            raise ValueError(f'KDLogitsModel distils one teacher (network_t); got {list(self.teachers)}')
-        if not self.opt['train'].get('kd_opt'):
-            raise ValueError('KDLogitsModel needs train.kd_opt, the loss between student and teacher outputs')
-        self.cri_kd = build_loss(self.opt['train']['kd_opt']).to(self.device)
+        if list(self.teachers) != ['t']:
+            raise ValueError(f'{type(self).__name__} distils one teacher, network_t; got {list(self.teachers)}')
+        kd_opt = self.opt['train'].get('kd_opt')
+        if self.requires_kd_opt and not kd_opt:
+            raise ValueError(f'{type(self).__name__} needs train.kd_opt, the loss between student and teacher outputs')
+        self.cri_kd = build_loss(kd_opt).to(self.device) if kd_opt else None
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)
-        losses['l_kd'] = self.cri_kd(self.output, self.teacher_outputs['t'])
+        if self.cri_kd is not None:
+            losses['l_kd'] = self.cri_kd(self.output, self.teacher_outputs['t'])
         return losses

@@ -1,0 +1,25 @@
+# Two entry points on a fresh machine: `make demo` (set up, then the CPU demo) and `make test` (set up, then pytest).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+# torch first (basicsr's build imports it), then basicsr without build isolation, then the rest and this package.
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet --no-build-isolation basicsr==1.4.2
+	$(PY) -m pip install --quiet -r requirements.txt pytest
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m kd_models.demo
+
+test: setup
+	$(PY) -m pytest -q tests

@@ -1,0 +1,44 @@
+"""Feature distillation baselines (FitNet, AT, FAKD): a loss between tapped student and teacher features."""
+from basicsr.losses import build_loss
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from .kd_logits_model import KDLogitsModel
+
+
+@MODEL_REGISTRY.register()
+class KDFeatureModel(KDLogitsModel):
+    """L = w_pix·L1(S, GT) + w_kd·L1(S, T) + feature_opt(reg(F_S), F_T), summed over the feature taps.
+
+    ``train.feature_taps`` pairs ``network_g`` and ``network_t`` module paths in order; the student's features go
+    through the trainable helper ``network_reg`` first when the options define one (FitNet's regressor).
+    ``train.kd_opt`` is optional here. Overrides ``init_training_settings`` (adds ``feature_opt``, checks the taps)
+    and ``compute_losses`` (adds ``l_feat``).
+
+    Example (FAKD on EDSR)::
+
+        model_type: KDFeatureModel
+        train:
+          feature_taps: {network_g: [body.4, body.10, conv_after_body], network_t: [body.10, body.20, conv_after_body]}
+          pixel_opt: {type: L1Loss, loss_weight: 0.5}
+          kd_opt: {type: L1Loss, loss_weight: 0.5}
+          feature_opt: {type: KDSpatialAffinityLoss, loss_weight: 10}
+    """
+
+    requires_kd_opt = False
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        train_opt = self.opt['train']
+        if 'g' not in self.taps or 't' not in self.taps or len(self.taps['g'].paths) != len(self.taps['t'].paths):
+            raise ValueError('KDFeatureModel needs train.feature_taps.network_g and .network_t, equally long')
+        if not train_opt.get('feature_opt'):
+            raise ValueError('KDFeatureModel needs train.feature_opt, the loss between tapped features')
+        self.cri_feat = build_loss(train_opt['feature_opt']).to(self.device)
+
+    def compute_losses(self, current_iter):
+        losses = super().compute_losses(current_iter)
+        student = self.taps['g'].outputs()
+        if 'reg' in self.helpers:
+            student = self.helpers['reg'](student)
+        losses['l_feat'] = self.cri_feat(student, self.taps['t'].outputs())
+        return losses

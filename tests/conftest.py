@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny demo data set, option files shrunk to CPU size, and ``train.py`` run as a subprocess."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_losses  # noqa: F401
+import kd_models  # noqa: F401
+from basicsr.archs import build_network
+from datasets_prep.make_demo_sr import build_demo_set
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPTIONS = os.path.join(ROOT, 'options')
+WIDTH = 16
+SHRUNK_VALUES = {'num_feat': WIDTH, 'embed_dim': 12, 'img_size': 16}
+SHRUNK_LIST_ITEMS = {'depths': 1, 'num_heads': 2, 'in_channels': WIDTH, 'out_channels': WIDTH}
+
+
+def load_option(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def shrink_network(net_opt):
+    """The same architecture with CPU-test widths: block counts stay, so feature-tap paths stay valid."""
+    net_opt = copy.deepcopy(net_opt)
+    for key, value in SHRUNK_VALUES.items():
+        if key in net_opt:
+            net_opt[key] = value
+    for key, value in SHRUNK_LIST_ITEMS.items():
+        if key in net_opt:
+            net_opt[key] = [value] * len(net_opt[key])
+    return net_opt
+
+
+def save_random_weights(net_opt, path, seed=0):
+    """Random weights for a frozen network, saved in BasicSR's layout (tests never need pretrained files)."""
+    torch.manual_seed(seed)
+    torch.save({'params': build_network(net_opt).state_dict()}, path)
+    return path
+
+
+def shrink_option(opt, data_root, workdir, name, total_iter=2):
+    """A copy of an SR training option dict that trains in seconds on the demo set, with random teachers."""
+    opt = copy.deepcopy(opt)
+    scale = opt['scale']
+    opt.update(name=name, num_gpu=0)
+    for phase, dataset in opt['datasets'].items():
+        split = 'train' if phase == 'train' else 'val'
+        dataset.update(
+            dataroot_gt=os.path.join(data_root, split, 'HR'),
+            dataroot_lq=os.path.join(data_root, split, 'LR_bicubic', f'X{scale}'))
+        dataset.pop('meta_info_file', None)
+        if phase == 'train':
+            dataset.update(gt_size=16 * scale, batch_size_per_gpu=2, num_worker_per_gpu=0, dataset_enlarge_ratio=10)
+    for key in [k for k in opt if k.startswith('network_')]:
+        opt[key] = shrink_network(opt[key])
+        pretrain = f'pretrain_{key}'
+        if key in (opt['path'].get('ignore_resume_networks') or []):
+            opt['path'][pretrain] = save_random_weights(opt[key], os.path.join(workdir, f'{name}_{key}.pth'))
+    opt['train'].update(total_iter=total_iter, warmup_iter=-1)
+    opt['val'].update(val_freq=total_iter, save_img=False)
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
+    return opt
+
+
+def run_train(opt, cwd, *args, launcher=None, check=True):
+    """Write ``opt`` to ``cwd`` and run ``train.py`` on it (optionally under torchrun); return the process."""
+    opt_path = os.path.join(cwd, f'{opt["name"]}.yml')
+    with open(opt_path, 'w') as f:
+        yaml.safe_dump(opt, f)
+    if launcher == 'torchrun':
+        command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                   os.path.join(ROOT, 'train.py'), '-opt', opt_path, '--launcher', 'pytorch', *args]
+    else:
+        command = [sys.executable, os.path.join(ROOT, 'train.py'), '-opt', opt_path, *args]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f'train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}')
+    return result
+
+
+@pytest.fixture(scope='session')
+def demo_root(tmp_path_factory):
+    """The demo SR set, cut to 2 training and 1 validation image."""
+    root = str(tmp_path_factory.mktemp('demo_sr'))
+    build_demo_set(root, scales=(2, 3, 4), num_train=2, num_val=1)
+    return root
