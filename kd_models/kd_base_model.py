@@ -53,6 +53,10 @@ class FeatureTaps():
         """The kept outputs of the last forward, in the configured order."""
         return [self.features[path] for path in self.paths]
 
+    def to_float(self):
+        """Cast the kept outputs to float32 (after a forward under autocast)."""
+        self.features = {path: feature.float() for path, feature in self.features.items()}
+
     def remove(self):
         for handle in self._handles:
             handle.remove()
@@ -87,11 +91,11 @@ class KDBaseModel(SRModel):
     frozen_networks = ()
 
     def init_training_settings(self):
+        self.check_resume_settings()  # option checks first: a scale mismatch must not surface as a load error
+        self.check_scales()
         self.teachers = OrderedDict((name, self.build_frozen_network(name)) for name in self.teacher_names())
         self.frozen = OrderedDict((name, self.build_frozen_network(name)) for name in self.frozen_networks)
         self.helpers = OrderedDict((name, self.build_helper_network(name)) for name in self.helper_names())
-        self.check_resume_settings()
-        self.check_scales()
         self.taps = self.build_feature_taps()
         autocast = self.opt['train'].get('teacher_autocast')
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
@@ -165,7 +169,8 @@ class KDBaseModel(SRModel):
     def check_resume_settings(self):
         """Frozen networks must be in ``path.ignore_resume_networks``: they are not in the student's checkpoints."""
         ignored = self.opt['path'].get('ignore_resume_networks') or []
-        missing = [f'network_{name}' for name in [*self.teachers, *self.frozen] if f'network_{name}' not in ignored]
+        missing = [f'network_{name}' for name in [*self.teacher_names(), *self.frozen_networks]
+                   if f'network_{name}' not in ignored]
         if missing:
             raise ValueError(f'path.ignore_resume_networks must list the frozen networks {missing}: they are never '
                              'saved with the student, so a resumed run could not find them.')
@@ -173,7 +178,7 @@ class KDBaseModel(SRModel):
     def check_scales(self):
         """Teachers must upscale like the student and the data (``scale``)."""
         expected = self.opt.get('scale', 1)
-        for key in ['network_g'] + [f'network_{name}' for name in self.teachers]:
+        for key in ['network_g'] + [f'network_{name}' for name in self.teacher_names()]:
             scale = self.opt[key].get('upscale', self.opt[key].get('scale'))
             if scale is not None and scale != expected:
                 raise ValueError(f'{key}.upscale = {scale} but scale = {expected}: teacher, student and data must '
@@ -207,6 +212,10 @@ class KDBaseModel(SRModel):
         autocast = torch.autocast('cuda', dtype=dtype) if dtype and self.device.type == 'cuda' else nullcontext()
         with torch.no_grad(), autocast:
             outputs = OrderedDict((name, net(self.teacher_input(name))) for name, net in self.teachers.items())
+        if dtype:
+            for name in self.teachers:
+                if name in self.taps:
+                    self.taps[name].to_float()
         return OrderedDict((name, out.float()) for name, out in outputs.items())
 
     def check_output_shapes(self):

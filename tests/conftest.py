@@ -16,6 +16,7 @@ from datasets_prep.make_demo_sr import build_demo_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = os.path.join(ROOT, 'options')
+RECORDING_TRAIN = os.path.join(ROOT, 'tests', 'recording_train.py')
 WIDTH = 16
 SHRUNK_VALUES = {'num_feat': WIDTH, 'embed_dim': 12, 'img_size': 16}
 SHRUNK_LIST_ITEMS = {'depths': 1, 'num_heads': 2, 'in_channels': WIDTH, 'out_channels': WIDTH}
@@ -64,21 +65,22 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         if key in (opt['path'].get('ignore_resume_networks') or []):
             opt['path'][pretrain] = save_random_weights(opt[key], os.path.join(workdir, f'{name}_{key}.pth'))
     opt['train'].update(total_iter=total_iter, warmup_iter=-1)
-    opt['val'].update(val_freq=total_iter, save_img=False)
+    if 'val' in opt:
+        opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
     return opt
 
 
-def run_train(opt, cwd, *args, launcher=None, check=True):
-    """Write ``opt`` to ``cwd`` and run ``train.py`` on it (optionally under torchrun); return the process."""
+def run_train(opt, cwd, *args, launcher=None, check=True, script=os.path.join(ROOT, 'train.py')):
+    """Write ``opt`` to ``cwd`` and run ``script`` (train.py) on it, optionally under torchrun; return the process."""
     opt_path = os.path.join(cwd, f'{opt["name"]}.yml')
     with open(opt_path, 'w') as f:
         yaml.safe_dump(opt, f)
     if launcher == 'torchrun':
-        command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                   os.path.join(ROOT, 'train.py'), '-opt', opt_path, '--launcher', 'pytorch', *args]
+        command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script,
+                   '-opt', opt_path, '--launcher', 'pytorch', *args]
     else:
-        command = [sys.executable, os.path.join(ROOT, 'train.py'), '-opt', opt_path, *args]
+        command = [sys.executable, script, '-opt', opt_path, *args]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
@@ -92,3 +94,29 @@ def demo_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('demo_sr'))
     build_demo_set(root, scales=(2, 3, 4), num_train=2, num_val=1)
     return root
+
+
+def as_parsed(opt, experiments_root, is_train=True):
+    """Add the keys BasicSR's ``parse_options`` adds (single process, no resume) and create the folders."""
+    opt = copy.deepcopy(opt)
+    opt.update(is_train=is_train, dist=False, rank=0, world_size=1, auto_resume=False)
+    folders = {'experiments_root': '', 'models': 'models', 'training_states': 'training_states', 'log': '',
+               'visualization': 'visualization'}
+    for key, sub in folders.items():
+        opt['path'][key] = os.path.join(experiments_root, sub)
+        os.makedirs(opt['path'][key], exist_ok=True)
+    for phase, dataset in opt.get('datasets', {}).items():
+        dataset.update(phase=phase.split('_')[0], scale=opt['scale'])
+    return opt
+
+
+def build_model_from(opt, experiments_root, is_train=True):
+    """A BasicSR model built in-process, as ``train.py`` builds it."""
+    from basicsr.models import build_model
+    return build_model(as_parsed(opt, experiments_root, is_train))
+
+
+@pytest.fixture
+def shrunk_logits_opt(demo_root, tmp_path):
+    """options/logits_edsr_x2.yml shrunk, its teacher saved with random weights in tmp_path."""
+    return shrink_option(load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml')), demo_root, str(tmp_path), 'logits')
