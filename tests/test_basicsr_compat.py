@@ -1,66 +1,86 @@
 """One test per BasicSR 1.4.2 fix in kd_models/basicsr_compat.py, on the real library."""
+import multiprocessing
 import os
 import socket
-import subprocess
 import sys
 import types
 
+import pytest
 import torch
 import torch.distributed as dist
+import torch.serialization
 import torchvision.transforms.functional as tv_functional
 from basicsr.models.base_model import BaseModel
+from basicsr.models.lr_scheduler import MultiStepRestartLR
 from torch.nn.parallel import DistributedDataParallel
 
 from kd_models import basicsr_compat
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def test_functional_tensor_stand_in_serves_basicsr_degradations():
+# ------------------------------------------------------------------------ fix 1: functional_tensor stand-in
+def test_basicsr_imports_and_degradations_has_a_working_rgb_to_grayscale():
+    import basicsr
     from basicsr.data import degradations
-    img = torch.rand(1, 3, 5, 4, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(degradations.rgb_to_grayscale(img), tv_functional.rgb_to_grayscale(img))
+    assert basicsr.__version__ == '1.4.2'
+    img = torch.rand(2, 3, 5, 4, generator=torch.Generator().manual_seed(0))
+    gray = degradations.rgb_to_grayscale(img, num_output_channels=3)
+    assert gray.shape == (2, 3, 5, 4)
+    assert torch.equal(gray, tv_functional.rgb_to_grayscale(img, num_output_channels=3))
+    expected = 0.2989 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]  # ITU-R 601-2 luma, torchvision's weights
+    assert torch.allclose(degradations.rgb_to_grayscale(img)[:, 0], expected, atol=1e-6)
 
 
-def test_functional_tensor_stand_in_leaves_a_real_module_alone(monkeypatch):
+def test_stand_in_is_installed_when_the_module_is_missing(monkeypatch):
+    monkeypatch.delitem(sys.modules, basicsr_compat.FUNCTIONAL_TENSOR)
+    basicsr_compat.install_functional_tensor_stand_in()
+    stand_in = sys.modules[basicsr_compat.FUNCTIONAL_TENSOR]
+    assert stand_in.rgb_to_grayscale is tv_functional.rgb_to_grayscale
+
+
+def test_stand_in_is_not_installed_over_a_real_module(monkeypatch):
     real = types.ModuleType(basicsr_compat.FUNCTIONAL_TENSOR)
     monkeypatch.setitem(sys.modules, basicsr_compat.FUNCTIONAL_TENSOR, real)
     basicsr_compat.install_functional_tensor_stand_in()
-    assert sys.modules[basicsr_compat.FUNCTIONAL_TENSOR] is real
+    assert sys.modules[basicsr_compat.FUNCTIONAL_TENSOR] is real and not hasattr(real, 'rgb_to_grayscale')
 
 
+# ------------------------------------------------------------------------ fix 2: --launcher pytorch on CPU
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
 
-RANK_SCRIPT = """
-import sys, torch, torch.distributed as dist
-import kd_models  # noqa: F401
-from basicsr.utils.dist_util import init_dist
-init_dist('pytorch')
-value = torch.tensor([float(dist.get_rank() + 1)])
-dist.all_reduce(value)
-print(dist.get_backend(), value.item())
-dist.destroy_process_group()
-"""
+def run_rank(rank, port, results):
+    """One rank as torchrun starts it: environment variables, then BasicSR's ``init_dist('pytorch')``."""
+    os.environ.update(
+        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE='2', RANK=str(rank), LOCAL_RANK=str(rank))
+    from basicsr.utils.dist_util import get_dist_info, init_dist
+    init_dist('pytorch')
+    value = torch.tensor([rank + 1.])
+    dist.all_reduce(value)
+    results.put((rank, dist.get_backend(), value.item(), get_dist_info()))
+    dist.destroy_process_group()
 
 
-def test_launcher_pytorch_without_cuda_uses_gloo():
-    env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), WORLD_SIZE='2', PYTHONPATH=ROOT,
-               OMP_NUM_THREADS='1')
-    procs = [
-        subprocess.Popen([sys.executable, '-c', RANK_SCRIPT], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)
-    ]
-    outputs = [proc.communicate(timeout=120) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-2000:]
-        assert out.split() == ['gloo', '3.0']  # ranks 1 + 2, reduced across both processes
+def test_launcher_pytorch_without_cuda_runs_a_gloo_group():
+    assert not torch.cuda.is_available()
+    context = multiprocessing.get_context('fork')  # forked ranks inherit the patched BasicSR: no 10 s re-import
+    results = context.SimpleQueue()
+    port = free_port()
+    ranks = [context.Process(target=run_rank, args=(rank, port, results)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(60)
+        if process.exitcode is None:
+            process.kill()
+    assert [process.exitcode for process in ranks] == [0, 0]
+    # both ranks agree on the sum 1 + 2, so the group really spans two processes
+    assert sorted(results.get() for _ in ranks) == [(0, 'gloo', 3.0, (0, 2)), (1, 'gloo', 3.0, (1, 2))]
 
 
-def test_launcher_pytorch_with_cuda_sets_local_rank_device(monkeypatch):
+def test_launcher_pytorch_with_cuda_sets_the_local_rank_device(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
@@ -69,47 +89,73 @@ def test_launcher_pytorch_with_cuda_sets_local_rank_device(monkeypatch):
     monkeypatch.setenv('RANK', '6')
     monkeypatch.setenv('LOCAL_RANK', '1')
     basicsr_compat.init_dist_pytorch('nccl')
-    monkeypatch.delenv('LOCAL_RANK')
+    monkeypatch.delenv('LOCAL_RANK')  # BasicSR's own rule then: RANK % number of GPUs
     basicsr_compat.init_dist_pytorch('nccl')
     assert calls == [('set_device', 1), ('init', 'nccl'), ('set_device', 2), ('init', 'nccl')]
 
 
-class _Model(BaseModel):
+# ------------------------------------------------------------------------ fix 3: DDP without device ids
+class PlainModel(BaseModel):
 
     def __init__(self, dist_on):
         super().__init__({'num_gpu': 0, 'is_train': True, 'dist': dist_on})
 
 
-def test_model_to_device_wraps_in_ddp_on_cpu(tmp_path):
+def test_model_to_device_wraps_in_ddp_without_device_ids_on_cpu(tmp_path):
     net = torch.nn.Conv2d(3, 3, 1)
-    assert _Model(False).model_to_device(net) is net
+    assert PlainModel(False).model_to_device(net) is net
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/rendezvous', rank=0, world_size=1)
     try:
-        wrapped = _Model(True).model_to_device(net)
-        assert isinstance(wrapped, DistributedDataParallel) and wrapped.device_ids is None
-        assert wrapped.module is net
+        wrapped = PlainModel(True).model_to_device(net)
     finally:
         dist.destroy_process_group()
+    assert isinstance(wrapped, DistributedDataParallel) and wrapped.module is net
+    assert wrapped.device_ids is None and wrapped.device_type == 'cpu'
 
 
-def test_resume_state_is_loaded_to_cpu_from_the_newest_file(tmp_path):
+# ------------------------------------------------------------------------ fix 4: resume on CPU
+def training_state(iteration):
+    """A training state as BasicSR's ``save_training_state`` writes it: optimiser and (Counter-holding) scheduler."""
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    scheduler = MultiStepRestartLR(optimizer, milestones=[5, 20])
+    return {
+        'epoch': 0,
+        'iter': iteration,
+        'optimizers': [optimizer.state_dict()],
+        'schedulers': [scheduler.state_dict()]
+    }
+
+
+def test_resume_state_is_the_newest_and_loaded_to_cpu(tmp_path, monkeypatch):
     states = tmp_path / 'training_states'
     states.mkdir()
-    for iteration in (2, 10):
-        torch.save({'iter': iteration, 'epoch': 0, 'weights': torch.full((2, ), float(iteration))},
-                   states / f'{iteration}.state')
+    with monkeypatch.context() as m:  # write the states as a CUDA machine does: storages tagged cuda:0
+        m.setattr(torch.serialization, 'location_tag', lambda storage: 'cuda:0')
+        for iteration in (2, 10):
+            torch.save(training_state(iteration), states / f'{iteration}.state')
+    with pytest.raises(RuntimeError, match='CUDA'):  # what a load without the fix meets on this machine
+        torch.load(states / '10.state')
     opt = {
         'auto_resume': True,
         'network_g': {},
         'network_t': {},
-        'path': {'training_states': str(states), 'models': str(tmp_path / 'models'), 'resume_state': None,
-                 'ignore_resume_networks': ['network_t']}
+        'path': {
+            'training_states': str(states),
+            'models': str(tmp_path / 'models'),
+            'resume_state': None,
+            'ignore_resume_networks': ['network_t']
+        }
     }
     state = basicsr_compat.load_resume_state(opt)
-    assert state['iter'] == 10 and state['weights'].device.type == 'cpu'
-    assert torch.equal(state['weights'], torch.full((2, ), 10.))
+    assert state['iter'] == 10
+    adam = state['optimizers'][0]['state'][0]
+    assert adam['exp_avg'].device.type == 'cpu' and adam['exp_avg'].shape == (2, 2)
+    assert state['schedulers'][0]['milestones'] == {5: 1, 20: 1}
     assert opt['path']['resume_state'] == str(states / '10.state')
-    assert opt['path']['pretrain_network_g'] == str(tmp_path / 'models' / 'net_g_10.pth')
+    assert opt['path']['pretrain_network_g'] == str(tmp_path / 'models' / 'net_g_10.pth')  # BasicSR's check_resume
     assert 'pretrain_network_t' not in opt['path']
 
 
@@ -118,11 +164,23 @@ def test_no_resume_state_without_auto_resume_or_path(tmp_path):
     assert basicsr_compat.load_resume_state(opt) is None
 
 
+def test_resume_keeps_the_cuda_mapping_on_a_cuda_machine(monkeypatch):
+    assert basicsr_compat.resume_map_location() == 'cpu'
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 3)
+    to_cuda = basicsr_compat.resume_map_location()
+    storage = types.SimpleNamespace(cuda=lambda device: ('cuda', device))
+    assert to_cuda(storage, 'cpu') == ('cuda', 3)
+
+
+# ------------------------------------------------------------------------ fix 5: --local-rank
 def test_torch_local_rank_spelling_is_accepted():
-    argv = ['train.py', '--local-rank=1', '-opt', 'a.yml', '--local-rank', '3', '--launcher', 'pytorch']
+    argv = ['train.py', '--local-rank=1', '-opt', 'a-b.yml', '--local-rank', '1', '--launcher', 'pytorch', '--debug']
     assert basicsr_compat.accept_torch_local_rank_spelling(argv) == [
-        'train.py', '--local_rank=1', '-opt', 'a.yml', '--local_rank', '3', '--launcher', 'pytorch'
+        'train.py', '--local_rank=1', '-opt', 'a-b.yml', '--local_rank', '1', '--launcher', 'pytorch', '--debug'
     ]
+    untouched = ['train.py', '--local_rank', '0', '--auto_resume']
+    assert basicsr_compat.accept_torch_local_rank_spelling(untouched) == untouched
 
 
 def test_basicsr_uses_the_fixes():

@@ -1,31 +1,54 @@
-"""The plugin registers into BasicSR's registries, as BasicSR's own scanners would."""
+"""The plugin registers into BasicSR's registries, as BasicSR's own scanners would, and names itself in errors."""
+import sys
+
 import pytest
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
+import kd_archs
+import kd_losses
+import kd_models
 from kd_models.plugin import import_registered_files, plugin_names
 
 
-def test_our_classes_are_registered():
+def test_import_registers_our_classes():
+    model, regressor = MODEL_REGISTRY.get('KDLogitsModel'), ARCH_REGISTRY.get('KDConvRegressor')
+    assert model.__module__ == 'kd_models.kd_logits_model' and regressor.__module__ == 'kd_archs.kd_regressor_arch'
+    assert 'kd_models.kd_logits_model' in {m.__name__ for m in kd_models._model_modules}
+    assert 'kd_archs.kd_regressor_arch' in {m.__name__ for m in kd_archs._arch_modules}
+    assert kd_losses._loss_modules and all(m.__name__.endswith('_loss') for m in kd_losses._loss_modules)
     assert {'KDLogitsModel', 'KDFeatureModel'} <= set(plugin_names(MODEL_REGISTRY))
     assert {'KDHintLoss', 'KDAttentionTransferLoss', 'KDSpatialAffinityLoss'} <= set(plugin_names(LOSS_REGISTRY))
     assert 'KDConvRegressor' in plugin_names(ARCH_REGISTRY)
-    assert 'EDSR' not in plugin_names(ARCH_REGISTRY) and ARCH_REGISTRY.get('EDSR').__name__ == 'EDSR'
 
 
 def test_scanner_imports_every_matching_file(tmp_path, monkeypatch):
-    package = tmp_path / 'scanned_pkg'
+    package = tmp_path / 'kd_scanned_pkg'
     package.mkdir()
     (package / '__init__.py').write_text('')
-    for name in ('kd_one_arch', 'kd_two_arch', 'kd_helper'):
+    for name in ('kd_one_arch', 'kd_two_arch', 'kd_helper', 'kd_three_model'):
         (package / f'{name}.py').write_text(f'NAME = "{name}"\n')
     monkeypatch.syspath_prepend(str(tmp_path))
-    modules = import_registered_files('scanned_pkg', str(package / '__init__.py'), '_arch.py')
+    for name in ('', '.kd_one_arch', '.kd_two_arch', '.kd_helper', '.kd_three_model'):
+        monkeypatch.delitem(sys.modules, f'kd_scanned_pkg{name}', raising=False)  # dropped again after the test
+    modules = import_registered_files('kd_scanned_pkg', str(package / '__init__.py'), '_arch.py')
     assert [m.NAME for m in modules] == ['kd_one_arch', 'kd_two_arch']
+    assert {'kd_scanned_pkg.kd_one_arch', 'kd_scanned_pkg.kd_two_arch'} <= set(sys.modules)
+    assert 'kd_scanned_pkg.kd_helper' not in sys.modules and 'kd_scanned_pkg.kd_three_model' not in sys.modules
 
 
 @pytest.mark.parametrize('registry, ours', [(MODEL_REGISTRY, 'KDLogitsModel'), (ARCH_REGISTRY, 'KDConvRegressor'),
                                             (LOSS_REGISTRY, 'KDHintLoss')])
-def test_unknown_type_error_lists_our_names(registry, ours):
+def test_unknown_type_error_names_it_and_lists_our_names(registry, ours):
     with pytest.raises(KeyError) as error:
         registry.get('NoSuchThing')
-    assert "No object named 'NoSuchThing'" in str(error.value) and ours in str(error.value)
+    message = error.value.args[0]
+    assert "No object named 'NoSuchThing'" in message and ours in message
+    assert 'EDSR' not in message and 'SRModel' not in message  # only the plugin's names are listed
+
+
+@pytest.mark.parametrize('registry, name', [(ARCH_REGISTRY, 'EDSR'), (ARCH_REGISTRY, 'RCAN'),
+                                            (MODEL_REGISTRY, 'SRModel'), (LOSS_REGISTRY, 'L1Loss')])
+def test_basicsr_names_still_resolve(registry, name):
+    obj = registry.get(name)
+    assert obj.__name__ == name and obj.__module__.startswith('basicsr.')
+    assert name not in plugin_names(registry)
