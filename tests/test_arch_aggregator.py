@@ -1,0 +1,173 @@
+"""MTKD's knowledge aggregator: the window DCT, the shifted-window mask, shapes, translation consistency, gradients."""
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+from torch import nn
+
+import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+from basicsr.archs import build_network
+from kd_archs.kd_mtkd_aggregator_arch import dct_matrix, shifted_window_mask, window_dct_matrices
+
+TINY = dict(
+    type='KDMTKDAggregator',
+    num_teachers=2,
+    embed_dim=8,
+    num_blocks=2,
+    num_layers=2,
+    window_size=4,
+    num_heads=2,
+    num_feat=8,
+    drop_path_rate=0.)
+NORMS = ['ortho', None]
+
+
+def tiny(std=0.1, **overrides):
+    torch.manual_seed(0)
+    net = build_network({**TINY, **overrides})
+    for param in net.parameters():  # larger than the init, so that every part of the network shows in the output
+        nn.init.normal_(param, std=std)
+    return net.eval()
+
+
+@pytest.mark.parametrize('norm', NORMS)
+@pytest.mark.parametrize('window_size', [4, 8])
+def test_window_dct_then_idct_is_the_identity(norm, window_size):
+    dct, idct = window_dct_matrices(window_size, norm)
+    tokens = torch.randn(6, window_size**2, 5)
+    assert torch.allclose(idct @ (dct @ tokens), tokens, atol=1e-5)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_window_dct_equals_scipy_dctn(norm):
+    window = np.random.default_rng(0).standard_normal((8, 8))
+    expected = scipy.fft.dctn(window, type=2, norm=norm)  # scipy's norm=None is torch-dct's unnormalised DCT
+    dct, _ = window_dct_matrices(8, norm)
+    coefficients = dct.double() @ torch.from_numpy(window).flatten()
+    np.testing.assert_allclose(coefficients.view(8, 8).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_orthonormal_dct_matrix_is_orthogonal():
+    d, d_inv = dct_matrix(8, 'ortho')
+    assert torch.allclose(d @ d.t(), torch.eye(8, dtype=d.dtype), atol=1e-12)
+    assert torch.allclose(d_inv, d.t(), atol=1e-12)
+    dct, idct = window_dct_matrices(8, 'ortho')
+    assert torch.allclose(dct @ dct.t(), torch.eye(64), atol=1e-6)
+
+
+@pytest.mark.parametrize('norm, dc_gain', [('ortho', 8.), (None, 256.)])  # ws * c; (2 ws)^2 * c
+def test_dct_of_a_constant_window_has_only_a_dc_coefficient(norm, dc_gain):
+    dct, _ = window_dct_matrices(8, norm)
+    coefficients = dct @ torch.full((64, 1), 0.5)
+    assert coefficients[0, 0].item() == pytest.approx(0.5 * dc_gain, rel=1e-6)
+    assert coefficients[1:].abs().max() < 1e-5
+
+
+def test_unknown_dct_norm_is_refused():
+    with pytest.raises(ValueError, match='dct_norm'):
+        build_network({**TINY, 'dct_norm': 'forward'})
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+@pytest.mark.parametrize('size', [(27, 21), (16, 32), (5, 7)])
+def test_output_has_the_input_size_at_every_scale(scale, size):
+    net = tiny(scale=scale)
+    outputs = [torch.rand(1, 3, *size), torch.rand(1, 3, *size)]
+    with torch.no_grad():
+        out = net(torch.cat(outputs, 1))
+        assert out.shape == (1, 3, *size)
+        assert torch.equal(net(outputs), out), 'a list of teacher outputs is concatenated in order'
+
+
+def test_wrong_number_of_teacher_outputs_is_refused():
+    with pytest.raises(ValueError, match='2 teachers'):
+        tiny()(torch.rand(1, 9, 16, 16))
+
+
+def circular_convs(net):
+    """Make every conv wrap around, so that the whole network commutes with circular shifts of its input."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            module.padding_mode = 'circular'
+    return net
+
+
+@pytest.mark.parametrize('scale', [2, 3])
+@pytest.mark.parametrize('norm', NORMS)
+def test_without_shifted_windows_the_output_follows_a_circular_shift_by_whole_windows(scale, norm):
+    # HR size a multiple of window_size * scale: no padding; circular convs: no image border. What remains are the
+    # windowed DCT and attention, which commute with shifts by whole windows (window_size * scale pixels at HR).
+    ws, size = TINY['window_size'], (4 * TINY['window_size'] * scale, 3 * TINY['window_size'] * scale)
+    shift = (ws * scale, 2 * ws * scale)
+    x = torch.rand(1, 6, *size)
+    shifted_x = torch.roll(x, shift, dims=(2, 3))
+    with torch.no_grad():
+        net = circular_convs(tiny(scale=scale, dct_norm=norm, shifted_windows=False))
+        out = net(x)
+        assert torch.allclose(net(shifted_x), torch.roll(out, shift, dims=(2, 3)), atol=1e-5)
+        assert not torch.allclose(
+            net(torch.roll(x, (1, 0), dims=(2, 3))), torch.roll(out, (1, 0), dims=(2, 3)),
+            atol=1e-3), 'a shift by less than a window must change the windows'
+        # the shifted windows' mask depends on the position of the window, so the check can fail
+        net = circular_convs(tiny(scale=scale, dct_norm=norm, shifted_windows=True))
+        assert not torch.allclose(net(shifted_x), torch.roll(net(x), shift, dims=(2, 3)), atol=1e-3)
+
+
+def independent_mask(h, w, window_size, shift_size):
+    """Position (r, c) of the map rolled by -shift holds pixel ((r + shift) % h, (c + shift) % w) of the un-rolled
+    map; two positions of one window may attend to each other iff those pixels are less than a window apart in
+    both axes, i.e. no wrap-around lies between them (true when h and w are at least two windows)."""
+    rows = (torch.arange(h) + shift_size) % h
+    cols = (torch.arange(w) + shift_size) % w
+    masks = []
+    for top in range(0, h, window_size):
+        for left in range(0, w, window_size):
+            r = rows[top:top + window_size][:, None].expand(window_size, window_size).flatten()
+            c = cols[left:left + window_size][None, :].expand(window_size, window_size).flatten()
+            near = ((r[:, None] - r[None]).abs() < window_size) & ((c[:, None] - c[None]).abs() < window_size)
+            masks.append(torch.where(near, 0., -100.))
+    return torch.stack(masks)
+
+
+@pytest.mark.parametrize('h, w, window_size', [(16, 24, 4), (16, 16, 8), (24, 16, 8)])
+def test_shift_mask_equals_an_independent_construction_in_the_spatial_domain(h, w, window_size):
+    mask = shifted_window_mask(h, w, window_size, window_size // 2)
+    assert torch.equal(mask, independent_mask(h, w, window_size, window_size // 2))
+    assert (mask[0] == 0).all() and (mask[-1] != 0).any()
+
+
+def test_gradient_reaches_every_parameter():
+    net = tiny(scale=2).train()
+    out = net(torch.rand(2, 6, 22, 18))
+    (out - torch.rand_like(out)).abs().mean().backward()
+    for name, param in net.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def expected_num_params(num_teachers, scale, embed_dim, num_blocks, num_layers, window_size, num_heads, mlp_ratio,
+                        num_feat):
+    """Parameter count of the aggregator with the 'pixelshuffle' upsampler, added up from its description."""
+    c, hidden = embed_dim, int(embed_dim * mlp_ratio)
+    conv = lambda c_in, c_out: 9 * c_in * c_out + c_out  # noqa: E731
+    layer = (4 * c + (2 * window_size - 1)**2 * num_heads + (3 * c * c + 3 * c) + (c * c + c) + (c * hidden + hidden) +
+             (hidden * c + c))
+    upsample = conv(num_feat, 9 * num_feat) if scale == 3 else (scale // 2) * conv(num_feat, 4 * num_feat)
+    return (conv(3 * num_teachers * scale**2, c) + 2 * c + num_blocks * (num_layers * layer + conv(c, c)) + 2 * c +
+            conv(c, c) + conv(c, num_feat) + upsample + conv(num_feat, 3))
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_paper_preset_parameter_count(scale):
+    net = build_network({'type': 'KDMTKDAggregator', 'scale': scale})  # C 24, B 4, L 2, W_s 8, 3 teachers
+    assert sum(p.numel() for p in net.parameters()) == expected_num_params(3, scale, 24, 4, 2, 8, 6, 2, 64)
+
+
+def test_authors_configuration_has_the_parameter_count_of_their_dctswin():
+    # options/train/ECCVMTKD/train_DCTSwinx4_3mt.yml of YuxuanJJ/MTKD: embed_dim 96, depths [4, 4], heads 6;
+    # their DCTSwin with these settings has 1,335,603 parameters (counted once with their code and torch-dct).
+    net = build_network({'type': 'KDMTKDAggregator', 'scale': 4, 'embed_dim': 96, 'num_blocks': 2, 'num_layers': 4})
+    assert sum(p.numel() for p in net.parameters()) == 1335603 == expected_num_params(3, 4, 96, 2, 4, 8, 6, 2, 64)
+    keys = list(net.state_dict())
+    assert keys[:3] == ['conv_first.weight', 'conv_first.bias', 'patch_embed.norm.weight']
+    assert 'layers.1.residual_group.blocks.3.attn.relative_position_bias_table' in keys
+    assert not any('attn_mask' in key for key in keys)
