@@ -22,6 +22,7 @@ import sys
 
 import cv2
 import numpy as np
+import skimage.data
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kd_models  # noqa: F401,E402  (installs the BasicSR compatibility fixes before basicsr is imported)
@@ -48,7 +49,6 @@ MULTIPLE = 12  # least common multiple of SCALES
 
 def load_hr(function, region=None):
     """A bundled photograph (RGB uint8), cut to ``region`` and centre-cropped to a multiple of 12 on both sides."""
-    import skimage.data
     img = getattr(skimage.data, function)()
     img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle returns (left, right, disparity)
     if region is not None:

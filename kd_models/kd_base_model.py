@@ -6,6 +6,7 @@ from collections import OrderedDict
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
@@ -45,7 +46,8 @@ class FeatureTaps():
     def _keeper(self, path):
 
         def keep(module, inputs, output):
-            self.features[path] = output
+            # a copy: the network may change the output in place later (EDSR, RCAN: `res += x` after conv_after_body)
+            self.features[path] = output.clone() if torch.is_tensor(output) else output
 
         return keep
 
@@ -81,8 +83,9 @@ class KDBaseModel(SRModel):
 
     Overrides of SRModel: ``init_training_settings`` (builds the networks above before the student's optimiser),
     ``setup_optimizers`` (adds the helpers' parameters), ``optimize_parameters`` (student forward, teacher forwards
-    under no_grad, then the subclass's ``compute_losses``), ``save`` (adds the helpers). Inherited unchanged:
-    ``feed_data``, ``test``, validation, EMA and resume of optimisers and schedulers.
+    under no_grad, then the subclass's ``compute_losses``), ``save`` (adds the helpers), ``test`` (pads the input of
+    a windowed student, as BasicSR's SwinIRModel does). Inherited unchanged: ``feed_data``, validation, EMA and
+    resume of optimisers and schedulers.
 
     Subclasses implement ``compute_losses(current_iter) -> OrderedDict`` of weighted loss terms (the base adds the
     pixel loss ``l_pix`` to GT) and may override ``teacher_input(name)``.
@@ -241,6 +244,20 @@ class KDBaseModel(SRModel):
         self.log_dict = self.reduce_loss_dict(losses)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def test(self):
+        """SRModel's test; a student with ``window_size`` (SwinIR) gets its input reflect-padded to a multiple of
+        the window and its output cropped back, as BasicSR's SwinIRModel does (validation images are any size)."""
+        window_size = self.opt['network_g'].get('window_size')
+        if not window_size:
+            return super().test()
+        lq, (h, w), scale = self.lq, self.lq.shape[-2:], self.opt.get('scale', 1)
+        self.lq = F.pad(lq, (0, -w % window_size, 0, -h % window_size), 'reflect')
+        try:
+            super().test()
+        finally:
+            self.lq = lq
+        self.output = self.output[..., :h * scale, :w * scale]
 
     def save(self, epoch, current_iter):
         """Save the student (and its EMA) as SRModel does, then each trainable helper; never the frozen networks."""

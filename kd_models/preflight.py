@@ -4,18 +4,42 @@ import os
 
 import yaml
 from basicsr.utils.options import ordered_yaml
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy')
 
 
 def check_option_file(opt_path):
-    """Parse ``opt_path`` and check its data folders; raise ValueError/FileNotFoundError naming the option."""
+    """Parse ``opt_path``, check its types and data folders; raise KeyError/ValueError/FileNotFoundError naming the
+    option."""
     if not os.path.isfile(opt_path):
         raise FileNotFoundError(f'-opt {opt_path}: no such option file')
     with open(opt_path) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
+    check_registered_types(opt)
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         check_dataset_folders(dataset_opt, f'datasets.{phase}')
+
+
+def check_registered_types(opt):
+    """Every ``type`` BasicSR looks up in a registry must be registered; KeyError with the option and BasicSR's
+    message (which our ``Registry.get`` extends with the names basicsr-kd registers)."""
+    train, val = opt.get('train') or {}, opt.get('val') or {}
+    found = [('model_type', MODEL_REGISTRY, opt.get('model_type'))]
+    found += [(f'{key}.type', ARCH_REGISTRY, net.get('type')) for key, net in opt.items()
+              if key.startswith('network_') and isinstance(net, dict)]
+    found += [(f'datasets.{phase}.type', DATASET_REGISTRY, dataset.get('type'))
+              for phase, dataset in (opt.get('datasets') or {}).items()]
+    found += [(f'train.{key}.type', LOSS_REGISTRY, loss.get('type')) for key, loss in train.items()
+              if key.endswith('_opt') and isinstance(loss, dict)]
+    found += [(f'val.metrics.{name}.type', METRIC_REGISTRY, metric.get('type'))
+              for name, metric in (val.get('metrics') or {}).items()]
+    for option, registry, name in found:
+        if name is not None:
+            try:
+                registry.get(name)
+            except KeyError as error:
+                raise KeyError(f'{option} = {name}: {error.args[0]}') from None
 
 
 def image_names(folder):

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny demo data set, option files shrunk to CPU size, and ``train.py`` run as a subprocess."""
 import copy
 import os
+import re
 import subprocess
 import sys
 
@@ -120,3 +121,34 @@ def build_model_from(opt, experiments_root, is_train=True):
 def shrunk_logits_opt(demo_root, tmp_path):
     """options/logits_edsr_x2.yml shrunk, its teacher saved with random weights in tmp_path."""
     return shrink_option(load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml')), demo_root, str(tmp_path), 'logits')
+
+
+TRAINING_STEP = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
+
+
+def training_steps(result):
+    """{iteration: [learning rates]} of the training-step lines BasicSR logged in a ``run_train`` result."""
+    steps = TRAINING_STEP.findall(result.stdout + result.stderr)
+    return {int(step.replace(',', '')): [float(lr) for lr in lrs.split(',') if lr] for step, lrs in steps}
+
+
+def snapshot(net):
+    """A detached copy of ``net``'s state dict, to compare before and after training steps."""
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def same_tensors(a, b):
+    """Two state dicts with the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def random_batch(seed=0, scale=2, batch=2, size=16):
+    """A fixed random LQ/GT training batch for in-process model tests."""
+    g = torch.Generator().manual_seed(seed)
+    return {'lq': torch.rand(batch, 3, size, size, generator=g),
+            'gt': torch.rand(batch, 3, size * scale, size * scale, generator=g)}
+
+
+def differing_tensors(a, b):
+    """Keys of two state dicts whose tensors are not exactly equal (or that only one of them has)."""
+    return sorted(set(a) ^ set(b)) + [k for k in a if k in b and not torch.equal(a[k], b[k])]

@@ -1,8 +1,12 @@
-"""``train.py`` with test model types that also record what every rank holds, for the DDP and resume tests.
+"""``train.py`` with test-only model types that also record what every rank holds, for the DDP and resume tests.
 
-``KDRecording<Model>`` saves, besides the usual checkpoints, each rank's bare student and helpers to
-``<experiments_root>/rank<r>_iter<i>.pth``, and after resuming the optimiser, scheduler and helper states it loaded to
-``<experiments_root>/resumed_rank<r>.pth``.
+``KDRecording<Model>`` (one per distillation model, e.g. ``KDRecordingLogitsModel``) behaves like ``<Model>`` and
+writes to ``<experiments_root>``:
+
+- ``rank<r>_init.pth``: the bare student and helpers of rank ``r`` when training starts (after the DDP broadcast);
+- ``rank<r>_iter<i>.pth``: the same at every ``save`` (BasicSR saves on rank 0 only), plus ``seen_lq``, the sum of
+  every LQ batch this rank trained on;
+- ``resumed_rank<r>.pth``: right after ``resume_training``, the optimiser, scheduler, student and helper states.
 """
 import os
 import sys
@@ -17,22 +21,34 @@ from kd_models.kd_logits_model import KDLogitsModel  # noqa: E402
 
 
 class Recording():
+    """Mixin: record each rank's networks and resumed states next to the experiment's checkpoints."""
 
     def record(self, name, content):
-        torch.save(content, os.path.join(self.opt['path']['experiments_root'], f'{name}.pth'))
+        torch.save(content, os.path.join(self.opt['path']['experiments_root'], f'{name}_rank{self.opt["rank"]}.pth'))
+
+    def networks(self):
+        nets = {'g': self.net_g, **self.helpers}
+        return {name: self.get_bare_model(net).state_dict() for name, net in nets.items()}
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        self.seen_lq = []
+        self.record('init', self.networks())
+
+    def optimize_parameters(self, current_iter):
+        self.seen_lq.append(self.lq.sum().item())
+        super().optimize_parameters(current_iter)
 
     def save(self, epoch, current_iter):
         super().save(epoch, current_iter)
-        nets = {'g': self.net_g, **self.helpers}
-        self.record(f'rank{self.opt["rank"]}_iter{current_iter}',
-                    {name: self.get_bare_model(net).state_dict() for name, net in nets.items()})
+        self.record(f'iter{current_iter}', {**self.networks(), 'seen_lq': list(self.seen_lq)})
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
-        self.record(f'resumed_rank{self.opt["rank"]}', {
+        self.record('resumed', {
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
-            'helpers': {name: self.get_bare_model(net).state_dict() for name, net in self.helpers.items()}
+            'networks': self.networks()
         })
 
 

@@ -1,20 +1,32 @@
-"""A wrong configuration stops train.py before the first step, with a message naming the option."""
+"""A wrong configuration stops train.py before the first training step, with a message naming the option."""
 import os
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import OPTIONS, load_option, run_train, shrink_option
+from conftest import OPTIONS, load_option, run_train, shrink_option, training_steps
+
+
+def missing_teacher_file(opt, tmp_path):
+    opt['path']['pretrain_network_t'] = str(tmp_path / 'nowhere.pth')
+
+
+def teacher_of_other_scale(opt, tmp_path):
+    opt['network_t']['upscale'] = 4
+
+
+def unknown_arch_type(opt, tmp_path):
+    opt['network_t']['type'] = 'EDSRR'
 
 
 def empty_lq_folder(opt, tmp_path):
-    folder = tmp_path / 'empty'
-    folder.mkdir()
-    opt['datasets']['train']['dataroot_lq'] = str(folder)
+    (tmp_path / 'empty').mkdir()
+    opt['datasets']['train']['dataroot_lq'] = str(tmp_path / 'empty')
 
 
-def unpaired_folders(opt, tmp_path):
+def gt_image_without_lq_partner(opt, tmp_path):
+    """The training GT folder plus one image that has no LQ partner."""
     folder = tmp_path / 'gt_plus_one'
     folder.mkdir()
     source = opt['datasets']['train']['dataroot_gt']
@@ -24,18 +36,22 @@ def unpaired_folders(opt, tmp_path):
     opt['datasets']['train']['dataroot_gt'] = str(folder)
 
 
-@pytest.mark.parametrize('change, words', [
-    (lambda o, p: o['path'].update(pretrain_network_t=str(p / 'nowhere.pth')), ['path.pretrain_network_t', 'nowhere.pth']),
-    (lambda o, p: o['network_t'].update(upscale=4), ['network_t.upscale = 4']),
-    (lambda o, p: o['network_t'].update(type='EDSRR'), ["No object named 'EDSRR'", 'basicsr-kd registers']),
+CASES = [
+    (missing_teacher_file, ['path.pretrain_network_t', 'nowhere.pth', 'no such file']),
+    (teacher_of_other_scale, ['network_t.upscale = 4', 'scale = 2']),
+    (unknown_arch_type, ['network_t.type = EDSRR', "No object named 'EDSRR'", 'basicsr-kd registers']),
     (empty_lq_folder, ['datasets.train.dataroot_lq', 'holds no images']),
-    (unpaired_folders, ['datasets.train', 'do not pair', 'extra.png']),
-], ids=['missing teacher file', 'scale mismatch', 'unknown type', 'empty folder', 'unpaired folders'])
-def test_train_stops_before_the_first_step(demo_root, tmp_path, change, words):
+    (gt_image_without_lq_partner, ['datasets.train', 'do not pair', 'extra.png']),
+]
+
+
+@pytest.mark.parametrize('break_option, words', [pytest.param(*case, id=case[0].__name__) for case in CASES])
+def test_train_stops_before_the_first_step_naming_the_option(demo_root, tmp_path, break_option, words):
     opt = shrink_option(load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml')), demo_root, str(tmp_path), 'bad')
-    change(opt, tmp_path)
+    break_option(opt, tmp_path)
     result = run_train(opt, str(tmp_path), check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert 'iter:       1' not in output
-    assert all(word in output for word in words), output[-3000:]
+    assert training_steps(result) == {} and 'Start training' not in output
+    missing = [word for word in words if word not in output]
+    assert not missing, f'{missing} not in:\n{output[-3000:]}'

@@ -1,8 +1,10 @@
 """Our ``*_arch.py``, ``*_model.py`` and ``*_loss.py`` files, copied into a BasicSR 1.4.2 tree, register there and
-train a Logits KD option with that tree's own ``basicsr/train.py`` — without our packages on the path.
+train Logits KD (and FitNet, which needs the copied regressor and hint loss) with that tree's own
+``basicsr/train.py``, with neither our packages nor our compatibility fixes on the path.
 
-The copied tree gets the one-line torchvision fix every BasicSR 1.4.2 tree needs with torchvision >= 0.17
-(``rgb_to_grayscale`` from ``torchvision.transforms.functional``), as BasicSR's own master has it.
+The copied tree gets the one-line torchvision fix every BasicSR 1.4.2 tree needs with torchvision >= 0.17: import
+``rgb_to_grayscale`` from ``torchvision.transforms.functional`` in ``basicsr/data/degradations.py``, as BasicSR's
+own master does.
 """
 import glob
 import os
@@ -11,29 +13,59 @@ import subprocess
 import sys
 
 import basicsr
+import pytest
 import yaml
 
-from conftest import OPTIONS, ROOT, load_option, shrink_option
+from conftest import OPTIONS, ROOT, load_option, shrink_option, training_steps
+
+OLD_IMPORT = 'from torchvision.transforms.functional_tensor import rgb_to_grayscale'
+NEW_IMPORT = 'from torchvision.transforms.functional import rgb_to_grayscale'
 
 
-def test_copied_files_train_in_a_basicsr_tree(demo_root, tmp_path):
-    fork = tmp_path / 'fork'
-    shutil.copytree(os.path.dirname(basicsr.__file__), fork / 'basicsr', ignore=shutil.ignore_patterns('__pycache__'))
+@pytest.fixture(scope='module')
+def fork(tmp_path_factory):
+    """A copy of the installed BasicSR with our registered files in its archs/models/losses and the torchvision fix."""
+    root = tmp_path_factory.mktemp('fork')
+    shutil.copytree(os.path.dirname(basicsr.__file__), root / 'basicsr', ignore=shutil.ignore_patterns('__pycache__'))
     for package, folder, pattern in (('kd_archs', 'archs', '*_arch.py'), ('kd_models', 'models', '*_model.py'),
                                      ('kd_losses', 'losses', '*_loss.py')):
-        for path in glob.glob(os.path.join(ROOT, package, pattern)):
-            shutil.copy(path, fork / 'basicsr' / folder)
-    degradations = fork / 'basicsr' / 'data' / 'degradations.py'
-    degradations.write_text(degradations.read_text().replace('torchvision.transforms.functional_tensor',
-                                                             'torchvision.transforms.functional'))
-    opt = shrink_option(load_option(os.path.join(OPTIONS, 'fitnet_edsr_x2.yml')), demo_root, str(tmp_path), 'fork')
+        files = glob.glob(os.path.join(ROOT, package, pattern))
+        assert files, f'{package}/{pattern}'
+        for path in files:
+            assert not (root / 'basicsr' / folder / os.path.basename(path)).exists(), 'never overwrite upstream files'
+            shutil.copy(path, root / 'basicsr' / folder)
+    degradations = root / 'basicsr' / 'data' / 'degradations.py'
+    source = degradations.read_text()
+    assert source.count(OLD_IMPORT) == 1
+    degradations.write_text(source.replace(OLD_IMPORT, NEW_IMPORT))
+    return root
+
+
+def run_in(fork, *args):
+    """Run python in the fork with only the fork on PYTHONPATH (not our project root)."""
+    env = dict(os.environ, PYTHONPATH=str(fork), OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, *args], cwd=fork, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_only_the_fork_is_importable(fork):
+    probe = ('import importlib.util, basicsr; print(basicsr.__file__); '
+             'print([name for name in ("kd_archs", "kd_losses", "kd_models") if importlib.util.find_spec(name)])')
+    result = run_in(fork, '-c', probe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    basicsr_file, importable = result.stdout.strip().splitlines()[-2:]
+    assert basicsr_file == str(fork / 'basicsr' / '__init__.py')
+    assert importable == '[]', 'our packages must not be importable in the fork test'
+
+
+@pytest.mark.parametrize('option, model_type', [('logits_edsr_x2.yml', 'KDLogitsModel'),
+                                                ('fitnet_edsr_x2.yml', 'KDFeatureModel')], ids=['logits', 'fitnet'])
+def test_copied_files_train_with_the_forks_train_py(fork, demo_root, tmp_path, option, model_type):
+    name = f'fork_{option.split("_")[0]}'
+    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), name)
     with open(tmp_path / 'fork.yml', 'w') as f:
         yaml.safe_dump(opt, f)
-    env = dict(os.environ, PYTHONPATH=str(fork), OMP_NUM_THREADS='1')
-    probe = subprocess.run([sys.executable, '-c', 'import kd_models'], cwd=fork, env=env, capture_output=True)
-    assert probe.returncode != 0, 'our packages must not be importable in the fork test'
-    result = subprocess.run([sys.executable, 'basicsr/train.py', '-opt', str(tmp_path / 'fork.yml')], cwd=fork, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run_in(fork, 'basicsr/train.py', '-opt', str(tmp_path / 'fork.yml'))
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (fork / 'experiments' / 'fork' / 'models' / 'net_g_latest.pth').is_file()
-    assert 'Model [KDFeatureModel] is created.' in result.stderr + result.stdout
+    assert f'Model [{model_type}] is created.' in result.stdout + result.stderr
+    assert sorted(training_steps(result)) == [1, 2]
+    assert (fork / 'experiments' / name / 'models' / 'net_g_latest.pth').is_file()

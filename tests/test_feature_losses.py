@@ -1,4 +1,8 @@
-"""FitNet, AT and FAKD losses against direct computations of their formulas on fixed inputs."""
+"""FitNet, AT and FAKD losses and the FitNet regressor against direct computations of their formulas on fixed inputs.
+
+The ``*_reference`` functions are the papers' equations written densely in plain torch; test_feature_model.py
+reuses them to recompute the losses a training step logs.
+"""
 import math
 
 import pytest
@@ -6,8 +10,8 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 
-def fixed(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def fixed(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def affinity_by_loops(feature):
@@ -24,56 +28,172 @@ def affinity_by_loops(feature):
     return affinity
 
 
+def affinity_reference(feature):
+    """A = F̂ᵀF̂ with F̂ the (B, C, HW) features divided by the norm of each position's channel vector, in one piece."""
+    vectors = feature.flatten(2)
+    vectors = vectors / vectors.norm(dim=1, keepdim=True)
+    return vectors.transpose(1, 2) @ vectors
+
+
+def spatial_affinity_reference(students, teachers, loss_weight):
+    """FAKD: w_sa · Σ_taps mean|A_S − A_T|."""
+    return loss_weight * sum((affinity_reference(s) - affinity_reference(t)).abs().mean()
+                             for s, t in zip(students, teachers))
+
+
+def attention_reference(feature):
+    """Q = channel mean of F², flattened, divided by its L2 norm, per sample."""
+    q = feature.pow(2).mean(1).flatten(1)
+    return q / q.norm(dim=1, keepdim=True)
+
+
+def attention_transfer_reference(students, teachers, beta, loss_weight):
+    """AT: loss_weight · β/2 · Σ_taps mean((Q_S − Q_T)²)."""
+    return loss_weight * beta / 2 * sum((attention_reference(s) - attention_reference(t)).pow(2).mean()
+                                        for s, t in zip(students, teachers))
+
+
+def hint_reference(students, teachers, loss_weight):
+    """FitNet: loss_weight · Σ_taps mean((r(F_S) − F_T)²), the students already regressed."""
+    return loss_weight * sum(((s - t)**2).sum() / s.numel() for s, t in zip(students, teachers))
+
+
+def loss(name, **kwargs):
+    return LOSS_REGISTRY.get(name)(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------ FAKD
 @pytest.mark.parametrize('batch', [1, 2])
-def test_spatial_affinity_matches_the_loop_definition_for_any_chunk(batch):
+def test_spatial_affinity_matches_the_loop_definition_and_the_dense_gradient_for_any_chunk(batch):
+    # tap 0: 1x2x3x3 (or 2x2x3x3); tap 1: other channels and a non-square map, so chunks of 4 leave remainders
     students = [fixed(batch, 2, 3, 3, seed=1), fixed(batch, 4, 2, 3, seed=2)]
     teachers = [fixed(batch, 5, 3, 3, seed=3), fixed(batch, 3, 2, 3, seed=4)]
-    expected = 10 * sum((affinity_by_loops(s) - affinity_by_loops(t)).abs().mean() for s, t in zip(students, teachers))
-    gradients = []
+    by_loops = 10 * sum((affinity_by_loops(s) - affinity_by_loops(t)).abs().mean() for s, t in zip(students, teachers))
+    assert all(torch.allclose(affinity_reference(f), affinity_by_loops(f), atol=1e-12) for f in students + teachers)
+    dense_leaves = [s.clone().requires_grad_() for s in students]
+    dense = spatial_affinity_reference(dense_leaves, teachers, 10)
+    assert dense.item() == pytest.approx(by_loops.item(), rel=1e-12)
+    dense_grads = torch.autograd.grad(dense, dense_leaves)
+    assert all(g.abs().sum() > 0 for g in dense_grads)
     for chunk in (1, 4, 100):
-        loss_fn = LOSS_REGISTRY.get('KDSpatialAffinityLoss')(chunk_size=chunk, loss_weight=10)
         leaves = [s.clone().requires_grad_() for s in students]
-        loss = loss_fn(leaves, teachers)
-        assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
-        gradients.append(torch.autograd.grad(loss, leaves))
-    for other in gradients[1:]:
-        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(gradients[0], other))
-    assert all(g.abs().sum() > 0 for g in gradients[0])
+        value = loss('KDSpatialAffinityLoss', chunk_size=chunk, loss_weight=10)(leaves, teachers)
+        assert value.item() == pytest.approx(by_loops.item(), rel=1e-12), f'chunk_size {chunk}'
+        grads = torch.autograd.grad(value, leaves)
+        assert all(torch.allclose(g, d, rtol=1e-9, atol=1e-12) for g, d in zip(grads, dense_grads)), f'chunk {chunk}'
 
 
-def test_attention_transfer_matches_a_hand_computed_map():
-    student = torch.tensor([[[[1., 2.], [0., 1.]], [[1., 0.], [0., 1.]]]])  # mean of squares: [[1, 2], [0, 1]]
-    teacher = torch.tensor([[[[0., 0.], [0., 3.]]]])  # one channel: squares [[0, 0], [0, 9]]
-    q_student = torch.tensor([1., 2., 0., 1.]) / math.sqrt(6)
-    q_teacher = torch.tensor([0., 0., 0., 1.])
-    expected = 1000 / 2 * ((q_student - q_teacher)**2).mean()
-    loss = LOSS_REGISTRY.get('KDAttentionTransferLoss')(beta=1000)([student], [teacher])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+def test_spatial_affinity_of_identical_directions_is_zero():
+    """A only sees directions: per-position rescaling of the features (any positive factor) leaves the loss at 0."""
+    student = fixed(2, 3, 4, 4, seed=7)
+    scale = fixed(2, 1, 4, 4, seed=8).abs() + 0.1
+    fakd = loss('KDSpatialAffinityLoss', chunk_size=5)
+    assert fakd([student], [student * scale]).item() == pytest.approx(0, abs=1e-12)
+    assert fakd([student], [-student]).item() == pytest.approx(0, abs=1e-12)
+    assert fakd([student], [student.flip(-1)]).item() > 0.1
 
 
-def test_attention_transfer_refuses_different_spatial_sizes():
-    with pytest.raises(ValueError, match='tap 1'):
-        LOSS_REGISTRY.get('KDAttentionTransferLoss')()([fixed(1, 2, 4, 4)] * 2, [fixed(1, 3, 4, 4), fixed(1, 3, 2, 2)])
+# -------------------------------------------------------------------------------------------------------------- AT
+def test_attention_transfer_matches_hand_computed_maps():
+    # tap 0: student channels [[1, 2], [0, 1]] and [[1, 0], [0, 1]] -> mean of squares [[1, 2], [0, 1]],
+    #   Q_S = (1, 2, 0, 1) / √6; teacher one channel [[0, 0], [0, 3]] -> squares [[0, 0], [0, 9]], Q_T = (0, 0, 0, 1).
+    #   Σ(Q_S − Q_T)² = 1/6 + 4/6 + 0 + (1 − 1/√6)² = 2 − 2/√6; mean over the 4 positions: (2 − 2/√6) / 4.
+    # tap 1 (1x2 map): student one channel (2, 0) -> Q_S = (1, 0); teacher two channels (0, 1), (0, 1) -> Q_T = (0, 1);
+    #   mean (Q_S − Q_T)² = (1 + 1) / 2 = 1.
+    # loss = loss_weight · β/2 · (tap 0 + tap 1) with β = 1000, loss_weight = 2.
+    students = [torch.tensor([[[[1., 2.], [0., 1.]], [[1., 0.], [0., 1.]]]]), torch.tensor([[[[2., 0.]]]])]
+    teachers = [torch.tensor([[[[0., 0.], [0., 3.]]]]), torch.tensor([[[[0., 1.]], [[0., 1.]]]])]
+    expected = 2 * 1000 / 2 * ((2 - 2 / math.sqrt(6)) / 4 + 1)
+    assert expected == pytest.approx(1295.876, abs=1e-3)
+    at = loss('KDAttentionTransferLoss', beta=1000, loss_weight=2)
+    assert at(students, teachers).item() == pytest.approx(expected, rel=1e-6)
+    assert attention_transfer_reference(students, teachers, 1000, 2).item() == pytest.approx(expected, rel=1e-6)
+    # Q is normalised per sample: a second sample that is the first times 3 (student) and 2 (teacher) has the same
+    # maps, so the batch mean is unchanged; one norm over the whole batch would change it.
+    batched = at([torch.cat([s, 3 * s]) for s in students], [torch.cat([t, 2 * t]) for t in teachers])
+    assert batched.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_attention_transfer_matches_the_reference_on_random_features():
+    students = [fixed(2, 4, 5, 3, seed=9), fixed(2, 6, 2, 2, seed=10)]
+    teachers = [fixed(2, 7, 5, 3, seed=11), fixed(2, 1, 2, 2, seed=12)]
+    value = loss('KDAttentionTransferLoss', beta=1000, loss_weight=0.5)(students, teachers)
+    assert value.item() == pytest.approx(attention_transfer_reference(students, teachers, 1000, 0.5).item(), rel=1e-12)
+
+
+def test_attention_transfer_refuses_different_spatial_sizes_naming_the_tap():
+    at = loss('KDAttentionTransferLoss')
+    with pytest.raises(ValueError, match=r'tap 1 has student features \(1, 2, 4, 4\) and teacher features \(1, 3, 2'):
+        at([fixed(1, 2, 4, 4)] * 2, [fixed(1, 3, 4, 4), fixed(1, 3, 2, 2)])
+
+
+# ---------------------------------------------------------------------------------------------------------- FitNet
 def test_hint_loss_is_mean_squared_error_summed_over_taps():
     students, teachers = [fixed(2, 3, 4, 4, seed=5), fixed(2, 3, 2, 2, seed=6)], [fixed(2, 3, 4, 4), fixed(2, 3, 2, 2)]
-    expected = sum(((s - t)**2).sum() / s.numel() for s, t in zip(students, teachers))
-    loss = LOSS_REGISTRY.get('KDHintLoss')(loss_weight=2.0)(students, teachers)
-    assert loss.item() == pytest.approx(2 * expected.item(), rel=1e-9)
-    with pytest.raises(ValueError, match='network_reg'):
-        LOSS_REGISTRY.get('KDHintLoss')()([fixed(1, 3, 4, 4)], [fixed(1, 8, 4, 4)])
+    by_hand = 2 * sum(sum((a - b)**2 for a, b in zip(s.flatten().tolist(), t.flatten().tolist())) / s.numel()
+                      for s, t in zip(students, teachers))
+    assert loss('KDHintLoss', loss_weight=2.0)(students, teachers).item() == pytest.approx(by_hand, rel=1e-12)
+    assert hint_reference(students, teachers, 2.0).item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_hint_loss_refuses_unregressed_channels_and_unpaired_taps():
+    with pytest.raises(ValueError, match='tap 0 .*add a regressor network_reg'):
+        loss('KDHintLoss')([fixed(1, 3, 4, 4)], [fixed(1, 8, 4, 4)])
     with pytest.raises(ValueError, match='1 student taps but 2 teacher taps'):
-        LOSS_REGISTRY.get('KDHintLoss')()([fixed(1, 3, 4, 4)], teachers)
+        loss('KDHintLoss')([fixed(1, 3, 4, 4)], [fixed(1, 3, 4, 4), fixed(1, 3, 2, 2)])
 
 
 def test_conv_regressor_maps_each_tap_to_the_teacher_channels():
     regressor = ARCH_REGISTRY.get('KDConvRegressor')(in_channels=[4, 6], out_channels=[8, 2], num_layers=5)
     outputs = regressor([torch.rand(2, 4, 5, 5), torch.rand(2, 6, 3, 3)])
     assert [tuple(o.shape) for o in outputs] == [(2, 8, 5, 5), (2, 2, 3, 3)]
-    layers = list(regressor.regressors[0])
-    assert sum(isinstance(m, torch.nn.Conv2d) for m in layers) == 5
-    assert sum(isinstance(m, torch.nn.PReLU) for m in layers) == 4
-    assert all(m.kernel_size == (1, 1) for m in layers if isinstance(m, torch.nn.Conv2d))
+    for stack, c_in, c_out in zip(regressor.regressors, [4, 6], [8, 2]):
+        kinds = [type(m).__name__ for m in stack]
+        assert kinds == ['Conv2d', 'PReLU'] * 4 + ['Conv2d']  # 5 convolutions, 4 PReLUs between them
+        convs = [m for m in stack if isinstance(m, torch.nn.Conv2d)]
+        assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convs] == \
+            [(c_in, c_out, (1, 1))] + [(c_out, c_out, (1, 1))] * 4
     with pytest.raises(ValueError, match='expected 2 features'):
         regressor([torch.rand(2, 4, 5, 5)])
+
+
+def test_single_layer_regressor_is_one_1x1_convolution():
+    regressor = ARCH_REGISTRY.get('KDConvRegressor')(in_channels=[3], out_channels=[5])
+    (conv, ) = regressor.regressors[0]
+    feature = fixed(2, 3, 4, 4, dtype=torch.float32)
+    by_hand = torch.einsum('oc,bchw->bohw', conv.weight[:, :, 0, 0], feature) + conv.bias.view(1, 5, 1, 1)
+    assert torch.allclose(regressor([feature])[0], by_hand, atol=1e-6)
+    with pytest.raises(ValueError, match='same taps'):
+        ARCH_REGISTRY.get('KDConvRegressor')(in_channels=[3, 3], out_channels=[5])
+    with pytest.raises(ValueError, match='at least 1'):
+        ARCH_REGISTRY.get('KDConvRegressor')(in_channels=[3], out_channels=[5], num_layers=0)
+
+
+# ------------------------------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize('name, kwargs, teacher_channels', [
+    ('KDHintLoss', {}, 4),
+    ('KDAttentionTransferLoss', {'beta': 1000}, 6),
+    ('KDSpatialAffinityLoss', {'chunk_size': 7, 'loss_weight': 10}, 6),
+])
+def test_student_features_get_finite_nonzero_gradients(name, kwargs, teacher_channels):
+    students = [fixed(2, 4, 6, 6, seed=13, dtype=torch.float32).requires_grad_(),
+                fixed(2, 4, 3, 3, seed=14, dtype=torch.float32).requires_grad_()]
+    teachers = [fixed(2, teacher_channels, 6, 6, seed=15, dtype=torch.float32),
+                fixed(2, teacher_channels, 3, 3, seed=16, dtype=torch.float32)]
+    value = loss(name, **kwargs)(students, teachers)
+    assert value.ndim == 0 and torch.isfinite(value) and value > 0
+    value.backward()
+    for student in students:
+        assert torch.isfinite(student.grad).all() and student.grad.abs().amax(dim=(1, 2, 3)).min() > 0
+    assert all(t.grad is None for t in teachers)
+
+
+@pytest.mark.parametrize('name', ['KDAttentionTransferLoss', 'KDSpatialAffinityLoss'])
+def test_all_zero_features_give_a_finite_loss_and_gradient(name):
+    """A dead tap (all zeros after a ReLU, or one zero position) must not turn the loss into NaN."""
+    student = fixed(1, 3, 4, 4, seed=17, dtype=torch.float32)
+    student[:, :, 0, 0] = 0
+    student = torch.cat([student, torch.zeros_like(student)]).requires_grad_()
+    value = loss(name)([student], [fixed(2, 3, 4, 4, seed=18, dtype=torch.float32)])
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(student.grad).all()
