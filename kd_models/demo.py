@@ -1,17 +1,21 @@
-"""The CPU demo: build the demo set, train a small teacher, train one student from scratch and with Logits KD for
-several seeds, and compare all of them on the validation images (PSNR/SSIM on Y, border = scale).
+"""The CPU demo: build the demo set, train a small teacher, train one small student from scratch and with Logits KD
+for several seeds (same seed, data order and iterations within a pair), and compare them on the validation images
+(PSNR/SSIM on Y, border = scale, EMA weights).
 
-Every run is BasicSR's own training pipeline (``train.py`` in a subprocess) on the option files of
-``options/demo/`` (with the run's name and seed); a run whose final checkpoint exists is reused (``--retrain``
-trains it again).
-Usage: ``python -m kd_models.demo [--seeds 0 1 2]``.
+Every run is BasicSR's own training pipeline (``train.py`` in a subprocess whose working directory is ``--out``) on
+the option files of ``options/demo/``, with the run's name, seed and paths set in a copy written to
+``<out>/options``. Runs go ``--jobs`` at a time (one thread each): the scratch students do not need the teacher and
+train beside it. Usage: ``python -m kd_models.demo [--seeds 0 1 2] [--jobs 2]``.
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -27,59 +31,104 @@ from basicsr.utils.matlab_functions import imresize
 from datasets_prep.make_demo_sr import build_demo_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPTIONS = {
-    'teacher': 'options/demo/demo_teacher_x2.yml',
-    'scratch': 'options/demo/demo_student_scratch_x2.yml',
-    'kd': 'options/demo/demo_student_logits_x2.yml'
-}
+OPTIONS = {kind: os.path.join(ROOT, 'options', 'demo', f'{name}.yml')
+           for kind, name in (('teacher', 'demo_teacher_x2'), ('scratch', 'demo_student_scratch_x2'),
+                              ('kd', 'demo_student_logits_x2'))}
+START = time.time()
 
 
-def load_option(name):
-    with open(os.path.join(ROOT, OPTIONS[name])) as f:
+def say(message):
+    print(f'[{time.time() - START:5.0f} s] {message}', flush=True)
+
+
+def load_option(kind):
+    with open(OPTIONS[kind]) as f:
         return yaml.safe_load(f)
 
 
-def checkpoint_of(run_name):
-    return os.path.join(ROOT, 'experiments', run_name, 'models', 'net_g_latest.pth')
+def cut_tiles(split_root, tiles_root, scale, size):
+    """Cut every HR/LR training pair into ``size`` x ``size`` HR tiles (as BasicSR's extract_subimages.py does for
+    DIV2K): a training sample then decodes two small PNGs instead of two whole photographs. Cut anew on every run
+    (under a second), so the tiles always match the demo set."""
+    hr_dir, lr_dir = os.path.join(tiles_root, 'HR'), os.path.join(tiles_root, 'LR_bicubic', f'X{scale}')
+    shutil.rmtree(tiles_root, ignore_errors=True)
+    for folder in (hr_dir, lr_dir):
+        os.makedirs(folder)
+    for name in sorted(os.listdir(os.path.join(split_root, 'HR'))):
+        hr = cv2.imread(os.path.join(split_root, 'HR', name))
+        lr = cv2.imread(os.path.join(split_root, 'LR_bicubic', f'X{scale}', name))
+        tops, lefts = ([*range(0, n - size + 1, size), n - size] for n in hr.shape[:2])  # last tile on the edge
+        for k, (top, left) in enumerate(sorted({(t, l) for t in tops for l in lefts})):
+            tile = f'{os.path.splitext(name)[0]}_s{k:03d}.png'
+            cv2.imwrite(os.path.join(hr_dir, tile), hr[top:top + size, left:left + size])
+            cv2.imwrite(os.path.join(lr_dir, tile), lr[top // scale:(top + size) // scale, left // scale:(left + size) // scale])
 
 
-def train(option, run_name, changes, out, retrain):
-    """Run train.py on an option file with ``changes`` (name, seed, paths) written to ``out``; stream its progress.
+def checkpoint(out, run):
+    return os.path.join(out, 'experiments', run, 'models', 'net_g_latest.pth')
 
-    The changes go into a copy of the option file: BasicSR 1.4.2 seeds the run before it applies ``--force_yml``.
+
+def train(kind, run, changes, args):
+    """Run train.py on a copy of option ``kind`` with ``changes`` ({'a:b': value}); print its iteration logs.
+
+    The changes go into the copy, not ``--force_yml``: BasicSR 1.4.2 seeds the run before it applies that flag.
     """
-    if os.path.isfile(checkpoint_of(run_name)) and not retrain:
-        print(f'[{run_name}] reusing {checkpoint_of(run_name)}', flush=True)
-        return
-    opt = load_option(option)
-    opt['name'] = run_name
-    for key, value in changes.items():
+    if args.reuse and os.path.isfile(checkpoint(args.out, run)):
+        return say(f'[{run}] reusing {checkpoint(args.out, run)}')
+    opt = load_option(kind)
+    for key, value in {'name': run, **changes}.items():
         *parents, leaf = key.split(':')
         node = opt
         for parent in parents:
             node = node[parent]
         node[leaf] = value
-    opt_path = os.path.join(out, 'options', f'{run_name}.yml')
-    os.makedirs(os.path.dirname(opt_path), exist_ok=True)
+    opt_path = os.path.join(args.out, 'options', f'{run}.yml')
     with open(opt_path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
-    start = time.time()
-    with subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '-opt', opt_path], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
-        log = []
-        for line in iter(proc.stdout.readline, ''):
+    shutil.rmtree(os.path.join(args.out, 'experiments', run), ignore_errors=True)
+    total, start, log = opt['train']['total_iter'], time.time(), []
+    say(f'[{run}] training {total} iterations')
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=ROOT)
+    with subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '-opt', opt_path], cwd=args.out, env=env,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
+        for line in proc.stdout:
             log.append(line)
-            if '][epoch:' in line:
-                iteration, losses = line.split(' iter:')[1].split(',')[0].strip(), line.split(']')[-1].strip()
-                print(f'[{run_name}] iter {iteration}: {losses}', flush=True)
+            if '][epoch:' in line:  # BasicSR's MessageLogger line: [name][epoch: e, iter: i, lr:(...)] [eta: ...] losses
+                iteration = line.split('iter:')[1].split(', lr')[0].strip()  # printed as 1,000
+                say(f'[{run}] iter {iteration}/{total:,} {line.rsplit("]", 1)[1].strip()}')
     if proc.returncode != 0:
-        raise RuntimeError(f'training {run_name} failed:\n{"".join(log[-40:])}')
-    print(f'[{run_name}] done in {time.time() - start:.0f} s', flush=True)
+        raise RuntimeError(f'training {run} failed:\n{"".join(log[-40:])}')
+    say(f'[{run}] done in {time.time() - start:.0f} s ({(time.time() - start) / total:.3f} s/iteration with start-up)')
 
 
-def load_student(option, run_name):
-    net = build_network(load_option(option)['network_g'])
-    net.load_state_dict(torch.load(checkpoint_of(run_name), map_location='cpu', weights_only=True)['params_ema'])
+def train_all(args, data_changes):
+    """The teacher and the scratch students first (they are independent), then the KD students."""
+    teacher = load_option('teacher')['name']
+    teacher_path = {'path:pretrain_network_t': checkpoint(args.out, teacher)}
+    teacher_done = threading.Event()
+    with ThreadPoolExecutor(args.jobs) as pool:
+
+        def teacher_job():
+            train('teacher', teacher, data_changes, args)
+            teacher_done.set()
+
+        def kd_job(seed):
+            teacher_done.wait()
+            train('kd', f'demo_kd_seed{seed}', {**data_changes, 'manual_seed': seed, **teacher_path}, args)
+
+        jobs = [pool.submit(teacher_job)]
+        jobs += [pool.submit(train, 'scratch', f'demo_scratch_seed{s}', {**data_changes, 'manual_seed': s}, args)
+                 for s in args.seeds]
+        jobs += [pool.submit(kd_job, s) for s in args.seeds]
+        for job in jobs:
+            job.result()  # re-raises a failed run
+    return teacher
+
+
+def load_net(kind, run, out):
+    """The network of option ``kind`` with the EMA weights that BasicSR saved for ``run``."""
+    net = build_network(load_option(kind)['network_g'])
+    net.load_state_dict(torch.load(checkpoint(out, run), map_location='cpu', weights_only=True)['params_ema'])
     return net.eval()
 
 
@@ -87,53 +136,55 @@ def read_rgb(path):
     return cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.
 
 
-def super_resolve(net, lq):
-    """``net`` on an RGB float image in [0, 1]; returns a BGR uint8 image as BasicSR's metrics expect."""
+def upscale(net, lq, scale):
+    """A BGR uint8 image (as BasicSR's metrics expect) from an RGB float LR image: ``net``, or bicubic if None."""
+    if net is None:
+        return tensor2img(img2tensor(np.clip(imresize(lq, scale), 0, 1), bgr2rgb=False))
     with torch.no_grad():
         return tensor2img(net(img2tensor(lq, bgr2rgb=False)[None]).clamp(0, 1))
 
 
-def bicubic(lq, scale):
-    return tensor2img(img2tensor(np.clip(imresize(lq, scale), 0, 1), bgr2rgb=False))
-
-
-def evaluate(upscale, val_root, scale):
-    """Mean PSNR/SSIM on Y (border = scale) of ``upscale(lq) -> BGR uint8`` over the validation images."""
+def evaluate(net, val_root, scale):
+    """Mean PSNR and SSIM on Y (border = scale) over the validation images."""
     psnr, ssim = [], []
     for name in sorted(os.listdir(os.path.join(val_root, 'HR'))):
         gt = cv2.imread(os.path.join(val_root, 'HR', name))
-        sr = upscale(read_rgb(os.path.join(val_root, 'LR_bicubic', f'X{scale}', name)))
+        sr = upscale(net, read_rgb(os.path.join(val_root, 'LR_bicubic', f'X{scale}', name)), scale)
         psnr.append(calculate_psnr(sr, gt, crop_border=scale, test_y_channel=True))
         ssim.append(calculate_ssim(sr, gt, crop_border=scale, test_y_channel=True))
     return float(np.mean(psnr)), float(np.mean(ssim))
 
 
-def spread(values):
-    return f'{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}'
+def mean_sd(values, digits):
+    sd = statistics.stdev(values) if len(values) > 1 else 0.
+    return f'{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}' if len(values) > 1 else f'{values[0]:.{digits}f}'
 
 
-def results_table(rows, kd_gains, seeds):
-    """Markdown table: one row per model (means ± standard deviations over seeds), then the paired KD gain."""
-    lines = ['| model | params | PSNR-Y (dB) | SSIM-Y |', '|---|---:|---:|---:|']
-    for name, params, psnr, ssim in rows:
-        lines.append(f'| {name} | {params} | {spread(psnr)} | {spread(ssim)} |')
-    per_seed = ', '.join(f'{gain:+.3f}' for gain in kd_gains)
-    lines.append(f'\nKD − scratch, paired by seed ({len(seeds)} seeds {seeds}): {spread(kd_gains)} dB '
-                 f'(per seed: {per_seed}); ± is the standard deviation over seeds.')
+def results_table(scores, params, seeds):
+    """Markdown: one row per model (mean ± sample standard deviation over seeds), then the paired KD - scratch."""
+    lines = ['| model | parameters | PSNR-Y (dB) | SSIM-Y |', '|---|---:|---:|---:|']
+    for label, kind in (('bicubic', 'bicubic'), ('teacher', 'teacher'), ('student, from scratch', 'scratch'),
+                        ('student, Logits KD', 'kd')):
+        psnr, ssim = zip(*scores[kind])
+        lines.append(f'| {label} | {params.get(kind, 0):,} | {mean_sd(psnr, 2)} | {mean_sd(ssim, 4)} |')
+    gains = [kd[0] - scratch[0] for kd, scratch in zip(scores['kd'], scores['scratch'])]
+    lines.append(f'| KD − scratch (paired by seed) | | {mean_sd(gains, 2)} | |')
+    lines.append(f'\nStudents: {len(seeds)} seeds {seeds}, ± = standard deviation over seeds. KD − scratch per seed: '
+                 + ', '.join(f'{gain:+.3f}' for gain in gains) + ' dB.')
     return '\n'.join(lines)
 
 
-def write_strip(networks, val_root, scale, path, name='camera.png', crop=(70, 190, 112)):
-    """PNG strip of one validation crop (the cameraman's camera): bicubic | scratch | KD | teacher | GT, each
-    enlarged 2x and labelled."""
+def write_strip(nets, val_root, scale, name, crop, path):
+    """bicubic | scratch | KD | teacher | GT on one validation crop, each panel enlarged 2x and labelled."""
     lq = read_rgb(os.path.join(val_root, 'LR_bicubic', f'X{scale}', name))
     top, left, size = crop
-    panels = {'bicubic': bicubic(lq, scale), **{label: super_resolve(net, lq) for label, net in networks.items()},
-              'GT': cv2.imread(os.path.join(val_root, 'HR', name))}
+    panels = {label: upscale(net, lq, scale) for label, net in nets.items()}
+    panels['GT'] = cv2.imread(os.path.join(val_root, 'HR', name))
     tiles = []
     for label, img in panels.items():
         tile = cv2.resize(img[top:top + size, left:left + size], None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-        cv2.putText(tile, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2)
+        for color, width in (((0, 0, 0), 4), ((0, 255, 255), 2)):  # yellow on a black outline
+            cv2.putText(tile, label, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, color, width)
         tiles.append(tile)
     cv2.imwrite(path, np.concatenate(tiles, axis=1))
 
@@ -141,45 +192,45 @@ def write_strip(networks, val_root, scale, path, name='camera.png', crop=(70, 19
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='one student pair per seed')
-    parser.add_argument('--out', default=os.path.join(ROOT, 'demo_output'), help='table and image strip')
-    parser.add_argument('--retrain', action='store_true', help='train again even if a checkpoint exists')
+    parser.add_argument('--jobs', type=int, default=2, help='training runs at a time')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
+    parser.add_argument('--tile-size', type=int, default=96, help='HR size of the training tiles')
+    parser.add_argument('--data', default=os.path.join(ROOT, 'datasets', 'demo_sr'), help='demo set folder')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'demo_output'), help='runs, table and image strip')
+    parser.add_argument('--strip', nargs=4, default=['astronaut.png', 330, 115, 96], metavar=('IMAGE', 'TOP', 'LEFT', 'SIZE'),
+                        help='validation crop shown in strip.png')
+    parser.add_argument('--reuse', action='store_true', help='keep runs whose checkpoint exists (re-evaluate only)')
     args = parser.parse_args()
-    start = time.time()
+    args.out = os.path.abspath(args.out)
+    os.makedirs(os.path.join(args.out, 'options'), exist_ok=True)
     scale = load_option('teacher')['scale']
-    data_root = os.path.join(ROOT, 'datasets', 'demo_sr')
-    val_root = os.path.join(data_root, 'val')
-    print('== 1/4 demo data', flush=True)
-    build_demo_set(data_root)
-    print('== 2/4 teacher', flush=True)
-    teacher_run = load_option('teacher')['name']
-    train('teacher', teacher_run, {}, args.out, args.retrain)
-    print(f'== 3/4 students, seeds {args.seeds}: from scratch and with Logits KD', flush=True)
-    for seed in args.seeds:
-        train('scratch', f'demo_scratch_seed{seed}', {'manual_seed': seed}, args.out, args.retrain)
-        train('kd', f'demo_kd_seed{seed}', {'manual_seed': seed, 'path:pretrain_network_t': checkpoint_of(teacher_run)},
-              args.out, args.retrain)
-    print('== 4/4 evaluation on the validation images', flush=True)
-    teacher = load_student('teacher', teacher_run)
-    rows = [('bicubic', 0, *[[v] for v in evaluate(lambda lq: bicubic(lq, scale), val_root, scale)])]
-    scores = {}
-    for kind, option in (('scratch', 'scratch'), ('kd', 'kd')):
-        scores[kind] = [evaluate(lambda lq, n=load_student(option, f'demo_{kind}_seed{s}'): super_resolve(n, lq),
-                                 val_root, scale) for s in args.seeds]
-    count = sum(p.numel() for p in load_student('scratch', f'demo_scratch_seed{args.seeds[0]}').parameters())
-    rows += [('student, scratch', f'{count:,}', [p for p, _ in scores['scratch']], [s for _, s in scores['scratch']]),
-             ('student, Logits KD', f'{count:,}', [p for p, _ in scores['kd']], [s for _, s in scores['kd']]),
-             ('teacher', f'{sum(p.numel() for p in teacher.parameters()):,}',
-              *[[v] for v in evaluate(lambda lq: super_resolve(teacher, lq), val_root, scale)])]
-    gains = [kd[0] - sc[0] for kd, sc in zip(scores['kd'], scores['scratch'])]
-    table = results_table(rows, gains, args.seeds)
-    os.makedirs(args.out, exist_ok=True)
+    val_root = os.path.join(args.data, 'val')
+    say(f'1/4 demo data in {args.data}, training tiles of {args.tile_size} px')
+    build_demo_set(args.data, scales=(scale, ))
+    tiles = os.path.join(args.data, f'train_tiles{args.tile_size}')
+    cut_tiles(os.path.join(args.data, 'train'), tiles, scale, args.tile_size)
+    data_changes = {'datasets:train:dataroot_gt': os.path.join(tiles, 'HR'),
+                    'datasets:train:dataroot_lq': os.path.join(tiles, 'LR_bicubic', f'X{scale}')}
+    say(f'2-3/4 teacher and students (seeds {args.seeds}), {args.jobs} runs at a time')
+    teacher = train_all(args, data_changes)
+    say('4/4 evaluation on the validation images')
+    nets = {'teacher': {'teacher': load_net('teacher', teacher, args.out)}, 'bicubic': {'bicubic': None}}
+    for kind in ('scratch', 'kd'):
+        nets[kind] = {s: load_net(kind, f'demo_{kind}_seed{s}', args.out) for s in args.seeds}
+    scores = {kind: [evaluate(net, val_root, scale) for net in runs.values()] for kind, runs in nets.items()}
+    params = {kind: sum(p.numel() for p in next(iter(nets[kind].values())).parameters()) for kind in ('teacher', 'kd')}
+    params['scratch'] = params['kd']
+    table = results_table(scores, params, args.seeds)
     with open(os.path.join(args.out, 'results.md'), 'w') as f:
-        f.write(f'# CPU demo, x{scale}, {len(os.listdir(val_root + "/HR"))} validation images\n\n{table}\n')
-    networks = {'scratch': load_student('scratch', f'demo_scratch_seed{args.seeds[0]}'),
-                'KD': load_student('kd', f'demo_kd_seed{args.seeds[0]}'), 'teacher': teacher}
-    write_strip(networks, val_root, scale, os.path.join(args.out, 'strip.png'))
-    print(f'\n{table}\n\nTable: {args.out}/results.md, image strip: {args.out}/strip.png; '
-          f'wall time {time.time() - start:.0f} s', flush=True)
+        f.write(f'# CPU demo: Logits KD, x{scale}, {len(os.listdir(os.path.join(val_root, "HR")))} validation images\n\n'
+                f'{table}\n\nWall time {time.time() - START:.0f} s.\n')
+    first = args.seeds[0]
+    strip = {'bicubic': None, 'scratch': nets['scratch'][first], 'KD': nets['kd'][first],
+             'teacher': nets['teacher']['teacher']}
+    write_strip(strip, val_root, scale, args.strip[0], [int(v) for v in args.strip[1:]],
+                os.path.join(args.out, 'strip.png'))
+    print(f'\n{table}\n', flush=True)
+    say(f'done: {args.out}/results.md, {args.out}/strip.png')
 
 
 if __name__ == '__main__':
