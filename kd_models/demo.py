@@ -13,7 +13,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -48,20 +47,24 @@ def load_option(kind):
 
 def cut_tiles(split_root, tiles_root, scale, size):
     """Cut every HR/LR training pair into ``size`` x ``size`` HR tiles (as BasicSR's extract_subimages.py does for
-    DIV2K): a training sample then decodes two small PNGs instead of two whole photographs. Cut anew on every run
-    (under a second), so the tiles always match the demo set."""
+    DIV2K): a training sample then decodes two small PNGs instead of two whole photographs. Tiles older than the
+    training split (rebuilt by build_demo_set) are cut again."""
     hr_dir, lr_dir = os.path.join(tiles_root, 'HR'), os.path.join(tiles_root, 'LR_bicubic', f'X{scale}')
+    if os.path.isdir(lr_dir) and os.path.getmtime(lr_dir) > os.path.getmtime(os.path.join(split_root, 'HR')):
+        return
     shutil.rmtree(tiles_root, ignore_errors=True)
-    for folder in (hr_dir, lr_dir):
+    for folder in (hr_dir, lr_dir + '.tmp'):
         os.makedirs(folder)
     for name in sorted(os.listdir(os.path.join(split_root, 'HR'))):
         hr = cv2.imread(os.path.join(split_root, 'HR', name))
         lr = cv2.imread(os.path.join(split_root, 'LR_bicubic', f'X{scale}', name))
         tops, lefts = ([*range(0, n - size + 1, size), n - size] for n in hr.shape[:2])  # last tile on the edge
-        for k, (top, left) in enumerate(sorted({(t, l) for t in tops for l in lefts})):
+        for k, (top, left) in enumerate(sorted({(t, x) for t in tops for x in lefts})):
             tile = f'{os.path.splitext(name)[0]}_s{k:03d}.png'
             cv2.imwrite(os.path.join(hr_dir, tile), hr[top:top + size, left:left + size])
-            cv2.imwrite(os.path.join(lr_dir, tile), lr[top // scale:(top + size) // scale, left // scale:(left + size) // scale])
+            lr_top, lr_left, lr_size = top // scale, left // scale, size // scale
+            cv2.imwrite(os.path.join(lr_dir + '.tmp', tile), lr[lr_top:lr_top + lr_size, lr_left:lr_left + lr_size])
+    os.rename(lr_dir + '.tmp', lr_dir)  # complete tiles only: the LR folder appears last
 
 
 def checkpoint(out, run):
@@ -93,7 +96,7 @@ def train(kind, run, changes, args):
                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
         for line in proc.stdout:
             log.append(line)
-            if '][epoch:' in line:  # BasicSR's MessageLogger line: [name][epoch: e, iter: i, lr:(...)] [eta: ...] losses
+            if '][epoch:' in line:  # BasicSR's log line: [name][epoch: e, iter: i, lr:(...)] [eta: ...] losses
                 iteration = line.split('iter:')[1].split(', lr')[0].strip()  # printed as 1,000
                 say(f'[{run}] iter {iteration}/{total:,} {line.rsplit("]", 1)[1].strip()}')
     if proc.returncode != 0:
@@ -102,27 +105,27 @@ def train(kind, run, changes, args):
 
 
 def train_all(args, data_changes):
-    """The teacher and the scratch students first (they are independent), then the KD students."""
-    teacher = load_option('teacher')['name']
-    teacher_path = {'path:pretrain_network_t': checkpoint(args.out, teacher)}
-    teacher_done = threading.Event()
+    """The teacher and the scratch students first (they are independent), then the KD students; returns the runs."""
+    runs = {'teacher': load_option('teacher')['name']}
+    runs.update({(kind, s): f'demo_{kind}_seed{s}' for kind in ('scratch', 'kd') for s in args.seeds})
+    teacher_path = {'path:pretrain_network_t': checkpoint(args.out, runs['teacher'])}
+
+    def kd_job(seed):
+        teacher_job.result()  # waits for the teacher (re-raises its failure)
+        train('kd', runs['kd', seed], {**data_changes, 'manual_seed': seed, **teacher_path}, args)
+
     with ThreadPoolExecutor(args.jobs) as pool:
-
-        def teacher_job():
-            train('teacher', teacher, data_changes, args)
-            teacher_done.set()
-
-        def kd_job(seed):
-            teacher_done.wait()
-            train('kd', f'demo_kd_seed{seed}', {**data_changes, 'manual_seed': seed, **teacher_path}, args)
-
-        jobs = [pool.submit(teacher_job)]
-        jobs += [pool.submit(train, 'scratch', f'demo_scratch_seed{s}', {**data_changes, 'manual_seed': s}, args)
-                 for s in args.seeds]
+        teacher_job = pool.submit(train, 'teacher', runs['teacher'], data_changes, args)
+        jobs = [pool.submit(train, 'scratch', runs['scratch', s], {**data_changes, 'manual_seed': s}, args)
+                for s in args.seeds]
         jobs += [pool.submit(kd_job, s) for s in args.seeds]
-        for job in jobs:
-            job.result()  # re-raises a failed run
-    return teacher
+        try:
+            for job in [teacher_job, *jobs]:
+                job.result()  # re-raises a failed run
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return runs
 
 
 def load_net(kind, run, out):
@@ -166,12 +169,22 @@ def results_table(scores, params, seeds):
     for label, kind in (('bicubic', 'bicubic'), ('teacher', 'teacher'), ('student, from scratch', 'scratch'),
                         ('student, Logits KD', 'kd')):
         psnr, ssim = zip(*scores[kind])
-        lines.append(f'| {label} | {params.get(kind, 0):,} | {mean_sd(psnr, 2)} | {mean_sd(ssim, 4)} |')
+        lines.append(f'| {label} | {params[kind]:,} | {mean_sd(psnr, 2)} | {mean_sd(ssim, 4)} |')
     gains = [kd[0] - scratch[0] for kd, scratch in zip(scores['kd'], scores['scratch'])]
-    lines.append(f'| KD − scratch (paired by seed) | | {mean_sd(gains, 2)} | |')
-    lines.append(f'\nStudents: {len(seeds)} seeds {seeds}, ± = standard deviation over seeds. KD − scratch per seed: '
-                 + ', '.join(f'{gain:+.3f}' for gain in gains) + ' dB.')
+    lines.append(f'| KD − scratch, paired by seed | | {mean_sd(gains, 2)} | |')
+    per_seed = ', '.join(f'{seed}: {gain:+.3f}' for seed, gain in zip(seeds, gains))
+    lines.append(f'\nStudents: {len(seeds)} seeds; ± is the standard deviation over seeds. KD − scratch per seed '
+                 f'(dB): {per_seed}.')
     return '\n'.join(lines)
+
+
+def evaluate_all(runs, args, val_root, scale):
+    """Networks ({kind: [nets]}, bicubic = [None]), their scores ({kind: [(psnr, ssim)]}) and parameter counts."""
+    nets = {'bicubic': [None], 'teacher': [load_net('teacher', runs['teacher'], args.out)]}
+    nets.update({kind: [load_net(kind, runs[kind, s], args.out) for s in args.seeds] for kind in ('scratch', 'kd')})
+    scores = {kind: [evaluate(net, val_root, scale) for net in group] for kind, group in nets.items()}
+    params = {kind: sum(p.numel() for p in group[0].parameters()) if group[0] else 0 for kind, group in nets.items()}
+    return nets, scores, params
 
 
 def write_strip(nets, val_root, scale, name, crop, path):
@@ -189,48 +202,47 @@ def write_strip(nets, val_root, scale, name, crop, path):
     cv2.imwrite(path, np.concatenate(tiles, axis=1))
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='one student pair per seed')
     parser.add_argument('--jobs', type=int, default=2, help='training runs at a time')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per training run')
     parser.add_argument('--tile-size', type=int, default=96, help='HR size of the training tiles')
     parser.add_argument('--data', default=os.path.join(ROOT, 'datasets', 'demo_sr'), help='demo set folder')
     parser.add_argument('--out', default=os.path.join(ROOT, 'demo_output'), help='runs, table and image strip')
-    parser.add_argument('--strip', nargs=4, default=['astronaut.png', 330, 115, 96], metavar=('IMAGE', 'TOP', 'LEFT', 'SIZE'),
-                        help='validation crop shown in strip.png')
+    parser.add_argument('--strip', nargs=4, default=['astronaut.png', 330, 115, 96],
+                        metavar=('IMAGE', 'TOP', 'LEFT', 'SIZE'), help='validation crop (HR pixels) in strip.png')
     parser.add_argument('--reuse', action='store_true', help='keep runs whose checkpoint exists (re-evaluate only)')
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
+    return args
+
+
+def main():
+    args = parse_args()
     os.makedirs(os.path.join(args.out, 'options'), exist_ok=True)
     scale = load_option('teacher')['scale']
     val_root = os.path.join(args.data, 'val')
-    say(f'1/4 demo data in {args.data}, training tiles of {args.tile_size} px')
+    say(f'1/3 demo data in {args.data} (x{scale}), training tiles of {args.tile_size} px')
     build_demo_set(args.data, scales=(scale, ))
     tiles = os.path.join(args.data, f'train_tiles{args.tile_size}')
     cut_tiles(os.path.join(args.data, 'train'), tiles, scale, args.tile_size)
     data_changes = {'datasets:train:dataroot_gt': os.path.join(tiles, 'HR'),
                     'datasets:train:dataroot_lq': os.path.join(tiles, 'LR_bicubic', f'X{scale}')}
-    say(f'2-3/4 teacher and students (seeds {args.seeds}), {args.jobs} runs at a time')
-    teacher = train_all(args, data_changes)
-    say('4/4 evaluation on the validation images')
-    nets = {'teacher': {'teacher': load_net('teacher', teacher, args.out)}, 'bicubic': {'bicubic': None}}
-    for kind in ('scratch', 'kd'):
-        nets[kind] = {s: load_net(kind, f'demo_{kind}_seed{s}', args.out) for s in args.seeds}
-    scores = {kind: [evaluate(net, val_root, scale) for net in runs.values()] for kind, runs in nets.items()}
-    params = {kind: sum(p.numel() for p in next(iter(nets[kind].values())).parameters()) for kind in ('teacher', 'kd')}
-    params['scratch'] = params['kd']
+    say(f'2/3 training the teacher and the students (seeds {args.seeds}), {args.jobs} runs at a time')
+    runs = train_all(args, data_changes)
+    say('3/3 evaluation on the validation images')
+    nets, scores, params = evaluate_all(runs, args, val_root, scale)
     table = results_table(scores, params, args.seeds)
-    with open(os.path.join(args.out, 'results.md'), 'w') as f:
-        f.write(f'# CPU demo: Logits KD, x{scale}, {len(os.listdir(os.path.join(val_root, "HR")))} validation images\n\n'
-                f'{table}\n\nWall time {time.time() - START:.0f} s.\n')
-    first = args.seeds[0]
-    strip = {'bicubic': None, 'scratch': nets['scratch'][first], 'KD': nets['kd'][first],
-             'teacher': nets['teacher']['teacher']}
+    strip = {'bicubic': None, 'scratch': nets['scratch'][0], 'KD': nets['kd'][0], 'teacher': nets['teacher'][0]}
     write_strip(strip, val_root, scale, args.strip[0], [int(v) for v in args.strip[1:]],
                 os.path.join(args.out, 'strip.png'))
+    num_val = len(os.listdir(os.path.join(val_root, 'HR')))
+    with open(os.path.join(args.out, 'results.md'), 'w') as f:
+        f.write(f'# CPU demo: Logits KD, x{scale}, {num_val} validation images\n\n{table}\n\n'
+                f'Wall time {time.time() - START:.0f} s.\n')
     print(f'\n{table}\n', flush=True)
-    say(f'done: {args.out}/results.md, {args.out}/strip.png')
+    say(f'done: {args.out}/results.md and {args.out}/strip.png (bicubic | scratch | KD | teacher | GT)')
 
 
 if __name__ == '__main__':
