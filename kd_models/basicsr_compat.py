@@ -10,6 +10,8 @@ works (a torchvision that still ships ``functional_tensor``, a machine with CUDA
 3. ``BaseModel.model_to_device`` passes ``torch.cuda.current_device()`` to DDP; on CPU DDP gets no device ids.
 4. Resuming maps the saved state to ``torch.cuda.current_device()``; without CUDA we map it to the CPU.
 5. torch's launchers spell ``--local-rank``; BasicSR's parser only knows ``--local_rank``.
+6. ``parse_options`` seeds the run before it applies ``--force_yml``, so ``--force_yml manual_seed=N`` is
+   recorded but not used; we seed again with the forced value (nothing random happens in between).
 """
 import importlib.util
 import os
@@ -91,12 +93,31 @@ def accept_torch_local_rank_spelling(argv):
     return [('--local_rank' + arg[len('--local-rank'):]) if arg.startswith('--local-rank') else arg for arg in argv]
 
 
+def with_forced_seed(parse_options):
+    """Fix 6: ``parse_options`` that seeds with a ``--force_yml manual_seed=N`` value, as with one from the file."""
+    if getattr(parse_options, 'kd_forced_seed', False):
+        return parse_options
+
+    def parse(root_path, is_train=True):
+        from basicsr.utils import set_random_seed
+        opt, args = parse_options(root_path, is_train)
+        if any(entry.split('=')[0].strip() == 'manual_seed' for entry in args.force_yml or []):
+            set_random_seed(opt['manual_seed'] + opt['rank'])
+        return opt, args
+
+    parse.kd_forced_seed = True
+    return parse
+
+
 def patch_basicsr():
-    """Apply fixes 2-4 to the imported BasicSR (idempotent)."""
+    """Apply fixes 2-4 and 6 to the imported BasicSR (idempotent)."""
+    import basicsr.test
     import basicsr.train
     dist_util._init_dist_pytorch = init_dist_pytorch
     BaseModel.model_to_device = model_to_device
     basicsr.train.load_resume_state = load_resume_state
+    for pipeline in (basicsr.train, basicsr.test):
+        pipeline.parse_options = with_forced_seed(pipeline.parse_options)
 
 
 patch_basicsr()

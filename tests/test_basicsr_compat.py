@@ -189,3 +189,18 @@ def test_basicsr_uses_the_fixes():
     assert dist_util._init_dist_pytorch is basicsr_compat.init_dist_pytorch
     assert BaseModel.model_to_device is basicsr_compat.model_to_device
     assert basicsr.train.load_resume_state is basicsr_compat.load_resume_state
+    assert basicsr.train.parse_options.kd_forced_seed
+
+
+@pytest.mark.parametrize('forced', [[], ['manual_seed=7'], ['manual_seed = 7', 'train:ema_decay=0.9']])
+def test_force_yml_manual_seed_seeds_the_run(forced, monkeypatch):
+    import basicsr.train
+    option = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'options', 'demo', 'demo_teacher_x2.yml')
+    forced_args = ['--force_yml', *forced] if forced else []
+    monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', option, *forced_args])
+    opt, _ = basicsr.train.parse_options(os.getcwd(), is_train=True)
+    drawn = torch.rand(4)
+    expected_seed = 7 if forced else opt['manual_seed']
+    assert opt['manual_seed'] == expected_seed
+    torch.manual_seed(expected_seed)  # rank 0: BasicSR seeds manual_seed + rank
+    assert torch.equal(drawn, torch.rand(4))
