@@ -10,7 +10,8 @@ setup(
     python_requires='>=3.9',
     packages=['kd_archs', 'kd_losses', 'kd_models', 'datasets_prep'],
     install_requires=[
-        'torch', 'torchvision', 'basicsr==1.4.2', 'numpy', 'opencv-python', 'lmdb', 'pyyaml', 'scikit-image'
+        'torch', 'torchvision', 'basicsr==1.4.2', 'numpy', 'opencv-python', 'lmdb', 'pyyaml', 'scikit-image', 'scipy',
+        'tqdm', 'Pillow'
     ],
     extras_require={'test': ['pytest']},
     entry_points={'console_scripts': ['kd-train = kd_models.cli:train', 'kd-test = kd_models.cli:test']},
