@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny demo data set, option files shrunk to CPU size, and ``train.py`` run as a subprocess."""
 import copy
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from datasets_prep.make_demo_sr import build_demo_set
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = os.path.join(ROOT, 'options')
 RECORDING_TRAIN = os.path.join(ROOT, 'tests', 'recording_train.py')
+ARCH_SPECS = os.path.join(ROOT, 'tests', 'arch_specs')  # a copy of ../shared/arch_specs, made from the official classes
 WIDTH = 16
 SHRUNK_VALUES = {'num_feat': WIDTH, 'embed_dim': 12, 'img_size': 16}
 SHRUNK_LIST_ITEMS = {'depths': 1, 'num_heads': 2, 'in_channels': WIDTH, 'out_channels': WIDTH}
@@ -152,3 +154,26 @@ def random_batch(seed=0, scale=2, batch=2, size=16):
 def differing_tensors(a, b):
     """Keys of two state dicts whose tensors are not exactly equal (or that only one of them has)."""
     return sorted(set(a) ^ set(b)) + [k for k in a if k in b and not torch.equal(a[k], b[k])]
+
+
+def check_official_spec(name):
+    """Build the spec ``tests/arch_specs/<name>.json`` (made from the official class) with our registered class
+    and check it: same state_dict keys in the same order, same shapes and buffers, same parameter count, and a strict
+    load of random tensors of those shapes."""
+    with open(os.path.join(ARCH_SPECS, f'{name}.json')) as f:
+        spec = json.load(f)
+    net = build_network({'type': spec['source'].rsplit(':', 1)[-1], **spec['kwargs']})  # full size, no forward
+    assert type(net).__module__.startswith('kd_archs.')
+    state = net.state_dict()
+    assert {key: list(value.shape) for key, value in state.items()} == spec['state_dict']
+    assert list(state) == list(spec['state_dict']), 'same keys, but not in the official order'
+    assert [key for key, _ in net.named_buffers()] == spec['buffer_keys']
+    assert sum(param.numel() for param in net.parameters()) == spec['num_params']
+
+    generator = torch.Generator().manual_seed(0)
+    checkpoint = {key: torch.randn(shape, generator=generator) for key, shape in spec['state_dict'].items()}
+    for key in spec['buffer_keys']:  # e.g. Uformer's relative position indices, which are integers
+        checkpoint[key] = torch.randint(0, 100, spec['state_dict'][key], generator=generator)
+    net.load_state_dict(checkpoint, strict=True)
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in checkpoint.items())

@@ -9,9 +9,9 @@ import torchvision
 import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
 from basicsr.archs import build_network
 
-SPEC = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'arch_specs',
-    'vqgan_encoder_f16_1024.json')
+from conftest import ARCH_SPECS
+
+SPEC = os.path.join(ARCH_SPECS, 'vqgan_encoder_f16_1024.json')
 TINY_DDCONFIG = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], resolution=16, z_channels=8)
 
 
