@@ -5,7 +5,8 @@ from torch import nn
 from torch.nn import functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .kd_restormer_arch import Downsample, LayerNorm, OverlapPatchEmbed, Upsample
+from .kd_restormer_arch import Attention as MDTA
+from .kd_restormer_arch import OverlapPatchEmbed, TransformerUNet, pad_to_multiple
 
 
 class FeedForward(nn.Module):
@@ -37,8 +38,8 @@ class FeedForward(nn.Module):
         return self.project_out(torch.cat([x1, x2], 1))
 
 
-class Attention(nn.Module):
-    """Top-k sparse attention (TKSA): transposed (channel) attention as in Restormer, where each query channel keeps
+class Attention(MDTA):
+    """Top-k sparse attention (TKSA): Restormer's transposed (channel) attention, where each query channel keeps
     only its top 1/2, 2/3, 3/4 and 4/5 keys; the four results are mixed with learned weights ``attn1..attn4``.
 
     Args:
@@ -48,55 +49,22 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim, num_heads, bias):
-        super().__init__()
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+        super().__init__(dim, num_heads, bias)
         self.attn1 = nn.Parameter(torch.tensor([0.2]))
         self.attn2 = nn.Parameter(torch.tensor([0.2]))
         self.attn3 = nn.Parameter(torch.tensor([0.2]))
         self.attn4 = nn.Parameter(torch.tensor([0.2]))
 
     def forward(self, x):
-        b, c, h, w = x.shape
-        q, k, v = (
-            t.reshape(b, self.num_heads, c // self.num_heads, h * w)
-            for t in self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
-        channels = q.shape[2]
+        attn, v = self.logits_and_values(x)
+        channels = attn.shape[-1]
         keeps = (int(channels / 2), int(channels * 2 / 3), int(channels * 3 / 4), int(channels * 4 / 5))
         out = 0
         for keep, weight in zip(keeps, (self.attn1, self.attn2, self.attn3, self.attn4)):
             # a top-k of its own for each (not prefixes of one): tied logits then pick the official code's keys
             mask = torch.zeros_like(attn, dtype=torch.bool).scatter_(-1, attn.topk(keep, dim=-1).indices, True)
             out = out + (attn.masked_fill(~mask, float('-inf')).softmax(dim=-1) @ v) * weight
-        return self.project_out(out.reshape(b, c, h, w))
-
-
-class TransformerBlock(nn.Module):
-    """Sparse transformer block (STB): pre-norm TKSA and MSFN, each with a residual connection.
-
-    Args:
-        dim (int): Channels.
-        num_heads (int): Attention heads.
-        ffn_expansion_factor (float): MSFN expansion.
-        bias (bool): Biases in the convolutions.
-        LayerNorm_type (str): 'WithBias' or 'BiasFree'.
-    """
-
-    def __init__(self, dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type):
-        super().__init__()
-        self.norm1 = LayerNorm(dim, LayerNorm_type)
-        self.attn = Attention(dim, num_heads, bias)
-        self.norm2 = LayerNorm(dim, LayerNorm_type)
-        self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        return self.project_out(out.reshape(x.shape))
 
 
 class Op(nn.Module):
@@ -198,7 +166,7 @@ class MEFC(nn.Module):
 
 
 @ARCH_REGISTRY.register(suffix='basicsr')
-class DRSformer(nn.Module):
+class DRSformer(TransformerUNet):
     """DRSformer: a Restormer-style 4-level U-Net of sparse transformer blocks (top-k attention, mixed-scale FFN),
     with MEFC after the embedding and as the refinement stage (Chen et al., Learning A Sparse Transformer Network
     for Effective Image Deraining, CVPR 2023).
@@ -234,50 +202,23 @@ class DRSformer(nn.Module):
                  bias=False,
                  LayerNorm_type='WithBias'):  # the official argument name
         super().__init__()
-
-        def blocks(level, num, channels=None):
-            channels = channels or dim * 2**level
-            return nn.Sequential(*[
-                TransformerBlock(channels, heads[level], ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)
-            ])
-
         self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
         self.encoder_level0 = MEFC(dim)
-        self.encoder_level1 = blocks(0, num_blocks[0])
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = blocks(1, num_blocks[1])
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = blocks(2, num_blocks[2])
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = blocks(3, num_blocks[3])
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)
-        self.decoder_level3 = blocks(2, num_blocks[2])
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
-        self.decoder_level2 = blocks(1, num_blocks[1])
-        self.up2_1 = Upsample(dim * 2)
-        # level 1 of the decoder and the refinement keep 2 * dim channels (no channel reduction after the concat)
-        self.decoder_level1 = blocks(0, num_blocks[0], channels=dim * 2)
+        self.build_levels(
+            dim,
+            num_blocks,
+            heads,
+            ffn_expansion_factor=ffn_expansion_factor,
+            bias=bias,
+            LayerNorm_type=LayerNorm_type,
+            attention=Attention,
+            feed_forward=FeedForward)
         self.refinement = MEFC(dim * 2)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=bias)
 
     def forward(self, inp_img):
         h, w = inp_img.shape[-2:]
-        pad_h, pad_w = -h % 8, -w % 8
-        if pad_h or pad_w:
-            mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-            inp_img = F.pad(inp_img, (0, pad_w, 0, pad_h), mode=mode)
-
-        out_enc_level1 = self.encoder_level1(self.encoder_level0(self.patch_embed(inp_img)))
-        out_enc_level2 = self.encoder_level2(self.down1_2(out_enc_level1))
-        out_enc_level3 = self.encoder_level3(self.down2_3(out_enc_level2))
-        latent = self.latent(self.down3_4(out_enc_level3))
-
-        x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), out_enc_level3], 1))
-        x = self.decoder_level3(x)
-        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), out_enc_level2], 1))
-        x = self.decoder_level2(x)
-        x = self.decoder_level1(torch.cat([self.up2_1(x), out_enc_level1], 1))
+        inp_img = pad_to_multiple(inp_img, 8)
+        x = self.encode_decode(self.encoder_level0(self.patch_embed(inp_img)))
         x = self.output(self.refinement(x)) + inp_img
         return x[:, :, :h, :w]

@@ -83,37 +83,68 @@ class Attention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x):
+    def logits_and_values(self, x):
+        """Per head, the temperature-scaled cosine similarities of the query and key channels (b, heads, c / heads,
+        c / heads) and the values (b, heads, c / heads, h * w)."""
         b, c, h, w = x.shape
         q, k, v = (
             t.reshape(b, self.num_heads, c // self.num_heads, h * w)
             for t in self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1))
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
-        return self.project_out((attn @ v).reshape(b, c, h, w))
+        return (q @ k.transpose(-2, -1)) * self.temperature, v
+
+    def forward(self, x):
+        attn, v = self.logits_and_values(x)
+        return self.project_out((attn.softmax(dim=-1) @ v).reshape(x.shape))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm MDTA and GDFN, each with a residual connection.
+    """Pre-norm attention and feed-forward, each with a residual connection: Restormer's block with MDTA and GDFN,
+    DRSformer's with its own attention and feed-forward classes (same signatures, same keys).
 
     Args:
         dim (int): Channels.
         num_heads (int): Attention heads.
-        ffn_expansion_factor (float): GDFN expansion.
+        ffn_expansion_factor (float): Feed-forward expansion.
         bias (bool): Biases in the convolutions.
         LayerNorm_type (str): 'WithBias' or 'BiasFree'.
+        attention (type): Attention class, called (dim, num_heads, bias). Default: :class:`Attention` (MDTA).
+        feed_forward (type): Feed-forward class, called (dim, ffn_expansion_factor, bias). Default:
+            :class:`FeedForward` (GDFN).
     """
 
-    def __init__(self, dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type):
+    def __init__(self,
+                 dim,
+                 num_heads,
+                 ffn_expansion_factor,
+                 bias,
+                 LayerNorm_type,
+                 attention=Attention,
+                 feed_forward=FeedForward):
         super().__init__()
         self.norm1 = LayerNorm(dim, LayerNorm_type)
-        self.attn = Attention(dim, num_heads, bias)
+        self.attn = attention(dim, num_heads, bias)
         self.norm2 = LayerNorm(dim, LayerNorm_type)
-        self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
+        self.ffn = feed_forward(dim, ffn_expansion_factor, bias)
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
         return x + self.ffn(self.norm2(x))
+
+
+def transformer_blocks(num, dim, num_heads, **block_kwargs):
+    """``num`` TransformerBlocks of ``dim`` channels in a Sequential."""
+    return nn.Sequential(*[TransformerBlock(dim, num_heads, **block_kwargs) for _ in range(num)])
+
+
+def pad_to_multiple(x, multiple):
+    """Pad the bottom and right of an image to multiples of ``multiple``: reflect, as the official test scripts do,
+    or replicate when the image is too small to reflect."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode='reflect' if pad_h < h and pad_w < w else 'replicate')
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -149,8 +180,48 @@ class Upsample(nn.Module):
         return self.body(x)
 
 
+class TransformerUNet(nn.Module):
+    """The 4-level U-Net of transformer blocks that Restormer and DRSformer share: ``build_levels`` adds the encoder
+    levels, the latent and the decoder levels under the official names, in the official order; ``encode_decode``
+    runs them on the embedded image. Level 1 of the decoder keeps 2 * dim channels (no reduction after its concat).
+    """
+
+    def build_levels(self, dim, num_blocks, heads, **block_kwargs):
+        """Add the levels. ``num_blocks``/``heads``: of levels 1-4 (levels 1-3: encoder and decoder each; level 4:
+        the latent); ``block_kwargs``: ffn_expansion_factor, bias, LayerNorm_type[, attention, feed_forward]."""
+        bias = block_kwargs['bias']
+        self.encoder_level1 = transformer_blocks(num_blocks[0], dim, heads[0], **block_kwargs)
+        self.down1_2 = Downsample(dim)
+        self.encoder_level2 = transformer_blocks(num_blocks[1], dim * 2, heads[1], **block_kwargs)
+        self.down2_3 = Downsample(dim * 2)
+        self.encoder_level3 = transformer_blocks(num_blocks[2], dim * 4, heads[2], **block_kwargs)
+        self.down3_4 = Downsample(dim * 4)
+        self.latent = transformer_blocks(num_blocks[3], dim * 8, heads[3], **block_kwargs)
+        self.up4_3 = Upsample(dim * 8)
+        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)
+        self.decoder_level3 = transformer_blocks(num_blocks[2], dim * 4, heads[2], **block_kwargs)
+        self.up3_2 = Upsample(dim * 4)
+        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
+        self.decoder_level2 = transformer_blocks(num_blocks[1], dim * 2, heads[1], **block_kwargs)
+        self.up2_1 = Upsample(dim * 2)
+        self.decoder_level1 = transformer_blocks(num_blocks[0], dim * 2, heads[0], **block_kwargs)
+
+    def encode_decode(self, x):
+        """From the embedded image (dim channels) to the output of decoder level 1 (2 * dim channels)."""
+        out_enc_level1 = self.encoder_level1(x)
+        out_enc_level2 = self.encoder_level2(self.down1_2(out_enc_level1))
+        out_enc_level3 = self.encoder_level3(self.down2_3(out_enc_level2))
+        latent = self.latent(self.down3_4(out_enc_level3))
+
+        x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), out_enc_level3], 1))
+        x = self.decoder_level3(x)
+        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), out_enc_level2], 1))
+        x = self.decoder_level2(x)
+        return self.decoder_level1(torch.cat([self.up2_1(x), out_enc_level1], 1))
+
+
 @ARCH_REGISTRY.register(suffix='basicsr')
-class Restormer(nn.Module):
+class Restormer(TransformerUNet):
     """Restormer: a 4-level U-Net of transposed-attention transformer blocks (Zamir et al., CVPR 2022).
 
     Same constructor arguments and state_dict keys as the official ``Restormer`` (swz30/Restormer), so the released
@@ -190,31 +261,10 @@ class Restormer(nn.Module):
             LayerNorm_type='WithBias',  # the official argument name
             dual_pixel_task=False):
         super().__init__()
-
-        def blocks(level, num, channels=None):
-            channels = channels or dim * 2**level
-            return nn.Sequential(*[
-                TransformerBlock(channels, heads[level], ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)
-            ])
-
+        block_kwargs = dict(ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type)
         self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
-        self.encoder_level1 = blocks(0, num_blocks[0])
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = blocks(1, num_blocks[1])
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = blocks(2, num_blocks[2])
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = blocks(3, num_blocks[3])
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)
-        self.decoder_level3 = blocks(2, num_blocks[2])
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
-        self.decoder_level2 = blocks(1, num_blocks[1])
-        self.up2_1 = Upsample(dim * 2)
-        # level 1 of the decoder and the refinement keep 2 * dim channels (no channel reduction after the concat)
-        self.decoder_level1 = blocks(0, num_blocks[0], channels=dim * 2)
-        self.refinement = blocks(0, num_refinement_blocks, channels=dim * 2)
+        self.build_levels(dim, num_blocks, heads, **block_kwargs)
+        self.refinement = transformer_blocks(num_refinement_blocks, dim * 2, heads[0], **block_kwargs)
         self.dual_pixel_task = dual_pixel_task
         if dual_pixel_task:
             self.skip_conv = nn.Conv2d(dim, dim * 2, 1, bias=bias)
@@ -222,24 +272,9 @@ class Restormer(nn.Module):
 
     def forward(self, inp_img):
         h, w = inp_img.shape[-2:]
-        pad_h, pad_w = -h % 8, -w % 8
-        if pad_h or pad_w:
-            mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-            inp_img = F.pad(inp_img, (0, pad_w, 0, pad_h), mode=mode)
-
+        inp_img = pad_to_multiple(inp_img, 8)
         inp_enc_level1 = self.patch_embed(inp_img)
-        out_enc_level1 = self.encoder_level1(inp_enc_level1)
-        out_enc_level2 = self.encoder_level2(self.down1_2(out_enc_level1))
-        out_enc_level3 = self.encoder_level3(self.down2_3(out_enc_level2))
-        latent = self.latent(self.down3_4(out_enc_level3))
-
-        x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), out_enc_level3], 1))
-        x = self.decoder_level3(x)
-        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), out_enc_level2], 1))
-        x = self.decoder_level2(x)
-        x = self.decoder_level1(torch.cat([self.up2_1(x), out_enc_level1], 1))
-        x = self.refinement(x)
-
+        x = self.refinement(self.encode_decode(inp_enc_level1))
         if self.dual_pixel_task:
             x = self.output(x + self.skip_conv(inp_enc_level1))
         else:

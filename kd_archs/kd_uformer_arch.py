@@ -6,26 +6,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+from basicsr.archs.swinir_arch import DropPath, window_partition, window_reverse
 from basicsr.utils.registry import ARCH_REGISTRY
 
-
-class DropPath(nn.Module):
-    """Stochastic depth: while training, zero the whole residual branch of a sample with probability ``drop_prob``
-    and scale the kept ones by 1 / (1 - drop_prob).
-
-    Args:
-        drop_prob (float): Drop probability.
-    """
-
-    def __init__(self, drop_prob):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        if not self.training or self.drop_prob == 0:
-            return x
-        keep = 1 - self.drop_prob
-        return x * x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep) / keep
+from .kd_mtkd_aggregator_arch import shifted_window_mask
 
 
 def to_map(x, h, w):
@@ -36,33 +20,6 @@ def to_map(x, h, w):
 def to_tokens(x):
     """Feature map (B, C, H, W) to contiguous tokens (B, H*W, C)."""
     return x.flatten(2).transpose(1, 2).contiguous()
-
-
-def window_partition(x, win_size):
-    """(B, H, W, C) to non-overlapping windows (B * H/win * W/win, win * win, C), row-major in both levels."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // win_size, win_size, w // win_size, win_size, c).transpose(2, 3)
-    return x.reshape(-1, win_size * win_size, c)
-
-
-def window_reverse(windows, win_size, h, w):
-    """Inverse of :func:`window_partition`: windows back to (B, H, W, C)."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // win_size, w // win_size, win_size, win_size, c).transpose(2, 3)
-    return x.reshape(-1, h, w, c)
-
-
-def shift_attention_mask(h, w, win_size, shift_size, device, dtype):
-    """Mask (nW, win*win, win*win) of the shifted windows: -100 between tokens that come from different regions of
-    the un-shifted map (they only meet because of the cyclic shift), 0 elsewhere."""
-    region = torch.zeros(1, h, w, 1, device=device, dtype=dtype)
-    cuts = (slice(0, -win_size), slice(-win_size, -shift_size), slice(-shift_size, None))
-    for i, rows in enumerate(cuts):
-        for j, cols in enumerate(cuts):
-            region[:, rows, cols] = 3 * i + j
-    region = window_partition(region, win_size).squeeze(-1)
-    diff = region.unsqueeze(1) - region.unsqueeze(2)
-    return diff.masked_fill(diff != 0, -100.0)
 
 
 class LinearProjection(nn.Module):
@@ -203,14 +160,14 @@ class LeWinTransformerBlock(nn.Module):
         b, _, c = x.shape
         shortcut = x
         x = self.norm1(x).view(b, h, w, c)
-        mask = None
+        mask, win = None, self.win_size
         if self.shift_size:
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-            mask = shift_attention_mask(h, w, self.win_size, self.shift_size, x.device, x.dtype)
-        windows = window_partition(x, self.win_size)
+            mask = shifted_window_mask(h, w, win, self.shift_size).to(x)
+        windows = window_partition(x, win).view(-1, win * win, c)
         if self.modulator is not None:
             windows = windows + self.modulator.weight
-        x = window_reverse(self.attn(windows, mask), self.win_size, h, w)
+        x = window_reverse(self.attn(windows, mask).view(-1, win, win, c), win, h, w)
         if self.shift_size:
             x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
         x = shortcut + self.drop_path(x.reshape(b, h * w, c))
@@ -261,48 +218,54 @@ class BasicUformerLayer(nn.Module):
         return x
 
 
-class Downsample(nn.Module):
+class MapLayers(nn.Module):
+    """Layers applied to the token map as an image: tokens (B, H*W, C) -> map (B, C, H, W) -> ``layers`` -> tokens.
+    The layers are a Sequential under the official attribute ``name`` (checkpoint keys ``<name>.0.weight`` ...).
+
+    Args:
+        name (str): Attribute of the Sequential.
+        *layers (nn.Module): The layers.
+        tokens_in (bool): The input is tokens (False: an image). Default: True.
+        tokens_out (bool): Return tokens (False: the map). Default: True.
+    """
+
+    def __init__(self, name, *layers, tokens_in=True, tokens_out=True):
+        super().__init__()
+        self.name, self.tokens_in, self.tokens_out = name, tokens_in, tokens_out
+        self.add_module(name, nn.Sequential(*layers))
+
+    def forward(self, x, h=None, w=None):
+        x = getattr(self, self.name)(to_map(x, h, w) if self.tokens_in else x)
+        return to_tokens(x) if self.tokens_out else x
+
+
+class Downsample(MapLayers):
     """Halve the token map with a 4x4 stride-2 convolution."""
 
     def __init__(self, in_channel, out_channel):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channel, out_channel, 4, stride=2, padding=1))
-
-    def forward(self, x, h, w):
-        return to_tokens(self.conv(to_map(x, h, w)))
+        super().__init__('conv', nn.Conv2d(in_channel, out_channel, 4, stride=2, padding=1))
 
 
-class Upsample(nn.Module):
+class Upsample(MapLayers):
     """Double the token map with a 2x2 stride-2 transposed convolution."""
 
     def __init__(self, in_channel, out_channel):
-        super().__init__()
-        self.deconv = nn.Sequential(nn.ConvTranspose2d(in_channel, out_channel, 2, stride=2))
-
-    def forward(self, x, h, w):
-        return to_tokens(self.deconv(to_map(x, h, w)))
+        super().__init__('deconv', nn.ConvTranspose2d(in_channel, out_channel, 2, stride=2))
 
 
-class InputProj(nn.Module):
+class InputProj(MapLayers):
     """Image to tokens: 3x3 convolution and LeakyReLU."""
 
     def __init__(self, in_channel, out_channel):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, padding=1), nn.LeakyReLU(inplace=True))
-
-    def forward(self, x):
-        return to_tokens(self.proj(x))
+        super().__init__(
+            'proj', nn.Conv2d(in_channel, out_channel, 3, padding=1), nn.LeakyReLU(inplace=True), tokens_in=False)
 
 
-class OutputProj(nn.Module):
+class OutputProj(MapLayers):
     """Tokens to image: 3x3 convolution."""
 
     def __init__(self, in_channel, out_channel):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, padding=1))
-
-    def forward(self, x, h, w):
-        return self.proj(to_map(x, h, w))
+        super().__init__('proj', nn.Conv2d(in_channel, out_channel, 3, padding=1), tokens_out=False)
 
 
 @ARCH_REGISTRY.register(suffix='basicsr')

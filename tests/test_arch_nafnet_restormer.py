@@ -1,16 +1,13 @@
 """NAFNet and Restormer: the official key maps and parameter counts of every preset, and forwards at odd sizes."""
-import json
-import os
-
 import pytest
 import torch
 from torch.nn import functional as F
 
 import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
 from basicsr.archs import build_network
+from conftest import check_official_spec
 from kd_archs.kd_nafnet_arch import LocalAvgPool2d
 
-SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'arch_specs')
 SPECS = [
     'nafnet_teacher', 'nafnet_student', 'restormer_teacher', 'restormer_student_dckd', 'restormer_student_slkd',
     'restormer_student_skd'
@@ -20,11 +17,6 @@ TINY = {
     'Restormer': dict(dim=8, num_blocks=[1, 1, 1, 2], num_refinement_blocks=1),
 }
 TINY['NAFNetLocal'] = TINY['NAFNet']
-
-
-def load_spec(name):
-    with open(os.path.join(SPEC_DIR, f'{name}.json')) as f:
-        return json.load(f)
 
 
 def tiny(arch, std=0.1, **overrides):
@@ -37,17 +29,7 @@ def tiny(arch, std=0.1, **overrides):
 
 @pytest.mark.parametrize('name', SPECS)
 def test_preset_has_the_official_keys_shapes_and_parameter_count_and_loads_them_strictly(name):
-    spec = load_spec(name)
-    net = build_network({'type': spec['source'].rsplit(':', 1)[-1], **spec['kwargs']})  # full size, no forward
-    assert type(net).__module__.startswith('kd_archs.')
-    assert {key: list(value.shape) for key, value in net.state_dict().items()} == spec['state_dict']
-    assert list(net.state_dict()) == list(spec['state_dict']), 'same keys, but not in the official order'
-    assert sum(param.numel() for param in net.parameters()) == spec['num_params']
-
-    generator = torch.Generator().manual_seed(0)
-    checkpoint = {key: torch.randn(shape, generator=generator) for key, shape in spec['state_dict'].items()}
-    net.load_state_dict(checkpoint, strict=True)
-    assert all(torch.equal(net.state_dict()[key], value) for key, value in checkpoint.items())
+    check_official_spec(name)
 
 
 @pytest.mark.parametrize('arch', ['NAFNet', 'NAFNetLocal', 'Restormer'])

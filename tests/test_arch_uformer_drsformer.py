@@ -1,17 +1,14 @@
 """Uformer and DRSformer: the official key maps and parameter counts of every preset, and forwards at odd sizes."""
-import json
-import os
-
 import pytest
 import torch
 from torch.nn import functional as F
 
 import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
 from basicsr.archs import build_network
+from conftest import check_official_spec
 from kd_archs.kd_drsformer_arch import Attention
-from kd_archs.kd_uformer_arch import DropPath, shift_attention_mask
+from kd_archs.kd_uformer_arch import DropPath
 
-SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'arch_specs')
 SPECS = ['uformer_teacher', 'uformer_student', 'drsformer_teacher', 'drsformer_student']
 TINY = {
     # img_size 64 with windows of 4: every level down to the bottleneck (4 x 4) has whole windows, so the decoder's
@@ -19,11 +16,6 @@ TINY = {
     'Uformer': dict(img_size=64, embed_dim=4, depths=[1, 2, 1, 1, 2, 1, 1, 2, 1], win_size=4, modulator=True),
     'DRSformer': dict(dim=8, num_blocks=[1, 1, 1, 1]),
 }
-
-
-def load_spec(name):
-    with open(os.path.join(SPEC_DIR, f'{name}.json')) as f:
-        return json.load(f)
 
 
 def tiny(arch, **overrides):
@@ -36,22 +28,7 @@ def tiny(arch, **overrides):
 
 @pytest.mark.parametrize('name', SPECS)
 def test_preset_has_the_official_keys_shapes_and_parameter_count_and_loads_them_strictly(name):
-    spec = load_spec(name)
-    net = build_network({'type': spec['source'].rsplit(':', 1)[-1], **spec['kwargs']})  # full size, no forward
-    assert type(net).__module__.startswith('kd_archs.')
-    state = net.state_dict()
-    assert {key: list(value.shape) for key, value in state.items()} == spec['state_dict']
-    assert list(state) == list(spec['state_dict']), 'same keys, but not in the official order'
-    assert [key for key, _ in net.named_buffers()] == spec['buffer_keys']
-    assert sum(param.numel() for param in net.parameters()) == spec['num_params']
-
-    generator = torch.Generator().manual_seed(0)
-    checkpoint = {key: torch.randn(shape, generator=generator) for key, shape in spec['state_dict'].items()}
-    for key in spec['buffer_keys']:  # Uformer's relative position indices are integers
-        checkpoint[key] = torch.randint(0, 100, spec['state_dict'][key], generator=generator)
-    net.load_state_dict(checkpoint, strict=True)
-    loaded = net.state_dict()
-    assert all(torch.equal(loaded[key], value) for key, value in checkpoint.items())
+    check_official_spec(name)
 
 
 @pytest.mark.parametrize('arch', ['Uformer', 'DRSformer'])
@@ -75,19 +52,6 @@ def test_drsformer_reflect_pads_odd_inputs_as_the_official_test_script_does():
     x = torch.rand(1, 3, 37, 29)
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(F.pad(x, (0, 3, 0, 3), mode='reflect'))[:, :, :37, :29], rtol=0, atol=0)
-
-
-def test_shift_mask_separates_exactly_the_tokens_that_the_cyclic_shift_brought_together():
-    h, w, win, shift = 8, 12, 4, 2
-    mask = shift_attention_mask(h, w, win, shift, 'cpu', torch.float32)
-    assert mask.shape == (h * w // win**2, win**2, win**2)
-    # independent construction: a token of the shifted map wrapped around if its original row (column) is past the
-    # border; two tokens of one window may attend to each other iff they wrapped alike in both directions
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
-    wrapped = torch.stack([rows + shift >= h, cols + shift >= w], -1).float()
-    windows = wrapped.view(h // win, win, w // win, win, 2).transpose(1, 2).reshape(-1, win**2, 2)
-    same = (windows.unsqueeze(1) == windows.unsqueeze(2)).all(-1)
-    assert torch.equal(mask == 0, same) and torch.equal(mask[~same], torch.full_like(mask[~same], -100.0))
 
 
 def test_top_k_sparse_attention_matches_a_direct_computation():
