@@ -8,7 +8,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
-    packages=['kd_archs', 'kd_losses', 'kd_models', 'datasets_prep'],
+    packages=['kd_archs', 'kd_losses', 'kd_models', 'datasets_prep', 'benchmarks'],
+    package_data={'kd_archs': ['kd_presets.yml'], 'kd_models': ['teachers.yml']},
     install_requires=[
         'torch', 'torchvision', 'basicsr==1.4.2', 'numpy', 'opencv-python', 'lmdb', 'pyyaml', 'scikit-image', 'scipy',
         'tqdm', 'Pillow'
