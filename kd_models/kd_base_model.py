@@ -6,10 +6,11 @@ from collections import OrderedDict
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
+
+from .kd_eval_model import pad_to_multiple
 
 TEACHER_KEY = re.compile(r'^network_(t\d*)$')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -140,8 +141,13 @@ class KDBaseModel(SRModel):
             raise ValueError(f'{option} is not set: network_{name} must load pretrained weights (a random frozen '
                              'network would silently teach noise). See README, "Pretrained teachers".')
         if not os.path.isfile(load_path):
-            raise FileNotFoundError(f'{option} = {load_path}: no such file. Put the pretrained weights there '
-                                    '(where each is published: README, "Pretrained teachers").')
+            try:  # the manifest is optional: a fork may have copied only the *_model.py files
+                from .teacher_manifest import describe
+                published = describe(load_path)
+            except ImportError:
+                published = None
+            raise FileNotFoundError(f'{option} = {load_path}: no such file. Put the pretrained weights there. ' +
+                                    (published or 'Where each is published: README, "Pretrained teachers".'))
         checkpoint = torch.load(load_path, map_location='cpu', weights_only=True)
         param_key = path_opt.get(f'param_key_{name}', 'params_ema')
         if param_key not in checkpoint and 'params' in checkpoint:
@@ -252,7 +258,7 @@ class KDBaseModel(SRModel):
         if not window_size:
             return super().test()
         lq, (h, w), scale = self.lq, self.lq.shape[-2:], self.opt.get('scale', 1)
-        self.lq = F.pad(lq, (0, -w % window_size, 0, -h % window_size), 'reflect')
+        self.lq = pad_to_multiple(lq, window_size)
         try:
             super().test()
         finally:
