@@ -211,6 +211,15 @@ class KDBaseModel(SRModel):
         if helper_params:
             self.optimizer_g.add_param_group({'params': helper_params})
 
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        """Any ``torch.optim`` optimiser by its class name (the papers' restoration runs use ``AdamW``); BasicSR
+        1.4.2's own builds only ``Adam``."""
+        optimizer_class = getattr(torch.optim, optim_type, None)
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
+            raise ValueError(f'train.optim_g.type = {optim_type} is not an optimiser of torch.optim '
+                             '(e.g. Adam, AdamW, SGD)')
+        return optimizer_class(params, lr, **kwargs)
+
     def teacher_input(self, name):
         """The input of teacher ``name`` (default: the student's LQ input)."""
         return self.lq

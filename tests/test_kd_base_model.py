@@ -174,14 +174,27 @@ def other_arch_weights(opt, tmp_path):
         (lambda o, p: o['path'].update(ignore_resume_networks=[]), ValueError, ['path.ignore_resume_networks']),
         (other_arch_weights, RuntimeError, ['path.pretrain_network_t', 'other.pth']),
         (lambda o, p: o['train'].update(teacher_autocast='fp8'), ValueError, ['train.teacher_autocast', 'fp8']),
+        (lambda o, p: o['train']['optim_g'].update(type='Adamm'), ValueError, ['train.optim_g.type = Adamm']),
     ],
-    ids=['missing file', 'not set', 'teacher scale', 'not ignored on resume', 'other arch', 'autocast fp8'])
+    ids=['missing file', 'not set', 'teacher scale', 'not ignored on resume', 'other arch', 'autocast fp8', 'optimiser'])
 def test_bad_configuration_fails_at_build_naming_the_option(logits_opt, tmp_path, change, error, words):
     opt = copy.deepcopy(logits_opt)
     change(opt, tmp_path)
     with pytest.raises(error) as raised:  # raised while building, so before any step
         build_model_from(opt, str(tmp_path / 'exp'))
     assert all(word in str(raised.value) for word in words), str(raised.value)
+
+
+def test_optimiser_is_any_torch_optim_class_and_also_drives_the_helpers(logits_opt, tmp_path):
+    opt = copy.deepcopy(logits_opt)
+    opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 3e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
+    opt['network_reg'] = {'type': 'KDConvRegressor', 'in_channels': [16], 'out_channels': [16]}
+    model = build_model_from(opt, str(tmp_path / 'exp'))
+    assert type(model.optimizer_g) is torch.optim.AdamW
+    assert [group['weight_decay'] for group in model.optimizer_g.param_groups] == [1e-4, 1e-4]
+    student, helper = (group['params'] for group in model.optimizer_g.param_groups)
+    assert {id(p) for p in student} == {id(p) for p in model.net_g.parameters()}
+    assert {id(p) for p in helper} == {id(p) for p in model.helpers['reg'].parameters()}
 
 
 def test_teacher_list_forms(logits_opt, tmp_path):
