@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,7 +23,10 @@ OPTIONS = os.path.join(ROOT, 'options')
 RECORDING_TRAIN = os.path.join(ROOT, 'tests', 'recording_train.py')
 ARCH_SPECS = os.path.join(ROOT, 'tests', 'arch_specs')  # a copy of ../shared/arch_specs, made from the official classes
 WIDTH = 16
-SHRUNK_VALUES = {'num_feat': WIDTH, 'embed_dim': 12, 'img_size': 16}
+# Also NAFNet's width, Restormer's and DRSformer's dim (their heads [1, 2, 4, 8] divide every level's dim * 2**level)
+# and Uformer's embed_dim; Uformer's decoder levels train at img_size / 8 with modulators, which need windows no
+# larger than that: win_size 2
+SHRUNK_VALUES = {'num_feat': WIDTH, 'embed_dim': 12, 'img_size': 16, 'width': 8, 'dim': 8, 'win_size': 2}
 SHRUNK_LIST_ITEMS = {'depths': 1, 'num_heads': 2, 'in_channels': WIDTH, 'out_channels': WIDTH}
 
 
@@ -37,7 +42,7 @@ def shrink_network(net_opt):
         if key in net_opt:
             net_opt[key] = value
     for key, value in SHRUNK_LIST_ITEMS.items():
-        if key in net_opt:
+        if isinstance(net_opt.get(key), list):  # not the image channels of Restormer (out_channels: 3)
             net_opt[key] = [value] * len(net_opt[key])
     return net_opt
 
@@ -50,15 +55,15 @@ def save_random_weights(net_opt, path, seed=0):
 
 
 def shrink_option(opt, data_root, workdir, name, total_iter=2):
-    """A copy of an SR training option dict that trains in seconds on the demo set, with random teachers."""
+    """A copy of a training option dict that trains in seconds, with random teachers, on ``data_root``: the demo SR
+    set (``demo_root``), or for ``scale: 1`` the restoration pair set (``restoration_root``)."""
     opt = copy.deepcopy(opt)
     scale = opt['scale']
     opt.update(name=name, num_gpu=0)
+    gt, lq = ('target', 'input') if scale == 1 else ('HR', os.path.join('LR_bicubic', f'X{scale}'))
     for phase, dataset in opt['datasets'].items():
         split = 'train' if phase == 'train' else 'val'
-        dataset.update(
-            dataroot_gt=os.path.join(data_root, split, 'HR'),
-            dataroot_lq=os.path.join(data_root, split, 'LR_bicubic', f'X{scale}'))
+        dataset.update(dataroot_gt=os.path.join(data_root, split, gt), dataroot_lq=os.path.join(data_root, split, lq))
         dataset.pop('meta_info_file', None)
         if phase == 'train':
             dataset.update(gt_size=16 * scale, batch_size_per_gpu=2, num_worker_per_gpu=0, dataset_enlarge_ratio=10)
@@ -96,6 +101,24 @@ def demo_root(tmp_path_factory):
     """The demo SR set, cut to 2 training and 1 validation image."""
     root = str(tmp_path_factory.mktemp('demo_sr'))
     build_demo_set(root, scales=(2, 3, 4), num_train=2, num_val=1)
+    return root
+
+
+@pytest.fixture(scope='session')
+def restoration_root(demo_root, tmp_path_factory):
+    """A scale-1 pair set in the layout of the restoration data, ``{train,val}/{target,input}``: the top-left 60 x 76
+    crop of each demo HR image (sides that are not multiples of 8 or 16, so the networks pad) as target, the same
+    crop with seeded Gaussian noise (sigma 15 grey levels) as input."""
+    root = str(tmp_path_factory.mktemp('restoration'))
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for sub in ('target', 'input'):
+            os.makedirs(os.path.join(root, split, sub))
+        for name in sorted(os.listdir(os.path.join(demo_root, split, 'HR'))):
+            target = cv2.imread(os.path.join(demo_root, split, 'HR', name))[:60, :76]
+            noisy = np.clip(target + rng.normal(0, 15, target.shape), 0, 255).round().astype(np.uint8)
+            cv2.imwrite(os.path.join(root, split, 'target', name), target)
+            cv2.imwrite(os.path.join(root, split, 'input', name), noisy)
     return root
 
 

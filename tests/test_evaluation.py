@@ -20,8 +20,8 @@ from kd_models.results_table import main as results_table
 
 TEST_OPTIONS = os.path.join(OPTIONS, 'test')
 SR_X4 = os.path.join(TEST_OPTIONS, 'test_logits_edsr_x4.yml')  # Y, crop 4
-DEBLUR = os.path.join(TEST_OPTIONS, 'test_deblur_nafnet_student.yml')  # RGB, crop 0
-DERAIN = os.path.join(TEST_OPTIONS, 'test_derain_restormer_student.yml')  # Y, crop 0
+DEBLUR = os.path.join(TEST_OPTIONS, 'test_logits_nafnet_deblur.yml')  # RGB, crop 0
+DERAIN = os.path.join(TEST_OPTIONS, 'test_logits_restormer_derain.yml')  # Y, crop 0
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 2, 'upscale': 2}
 SSIM_C1 = (0.01 * 255)**2
 
@@ -313,12 +313,16 @@ def test_each_trained_sr_student_is_evaluated_as_the_papers_do(path):
     ('derain', ['Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200'], True),
     ('denoise', ['SIDD'], False),
 ])
-def test_restoration_examples_follow_the_papers(task, sets, y_channel):
-    [path] = [p for p in os.listdir(TEST_OPTIONS) if p.startswith(f'test_{task}_')]
-    with open(os.path.join(TEST_OPTIONS, path)) as f:
-        text = f.read()
-    opt = yaml.safe_load(text)
-    assert text.startswith('# ') and opt['scale'] == 1
-    assert [d['name'] for d in opt['datasets'].values()] == sets
-    for metric in opt['val']['metrics'].values():
-        assert metric['crop_border'] == 0 and metric['test_y_channel'] is y_channel
+def test_each_trained_restoration_student_is_evaluated_as_the_papers_do(task, sets, y_channel):
+    paths = [p for p in os.listdir(TEST_OPTIONS) if p.endswith(f'_{task}.yml')]
+    assert paths, f'no evaluation option file for {task}'
+    for path in paths:
+        with open(os.path.join(TEST_OPTIONS, path)) as f:
+            text = f.read()
+        opt = yaml.safe_load(text)
+        training = load_option(os.path.join(OPTIONS, path[len('test_'):]))
+        assert text.startswith('# ') and opt['scale'] == 1 and opt['network_g'] == training['network_g']
+        assert opt['path']['pretrain_network_g'] == f'experiments/{training["name"]}/models/net_g_latest.pth'
+        assert [d['name'] for d in opt['datasets'].values()] == sets
+        for metric in opt['val']['metrics'].values():
+            assert metric['crop_border'] == 0 and metric['test_y_channel'] is y_channel

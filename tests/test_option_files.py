@@ -72,8 +72,10 @@ def test_parses_and_every_type_resolves(path):
 
 
 @pytest.mark.parametrize('path', TRAINING_OPTIONS, ids=option_id)
-def test_two_iterations_train_and_the_student_loads_as_srmodel(path, demo_root, tmp_path):
-    opt = shrink_option(load_option(path), demo_root, str(tmp_path), 'run')
+def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tmp_path):
+    opt = load_option(path)  # scale 1 (deblurring, deraining, denoising) trains on same-size pairs
+    data_root = request.getfixturevalue('restoration_root' if opt['scale'] == 1 else 'demo_root')
+    opt = shrink_option(opt, data_root, str(tmp_path), 'run')
     if 'val' in opt:  # validate once, at the end of training (BasicSR always does), not also at iteration 2
         opt['val']['val_freq'] = 10**9
     result = run_train(opt, str(tmp_path))
