@@ -55,7 +55,8 @@ def test_the_method_files_exist():
     logits = {f'logits_{arch}_x{scale}.yml' for arch in ('edsr', 'rcan', 'swinir') for scale in (2, 3, 4)}
     features = {f'{method}_{arch}_x{scale}.yml' for method in ('fitnet', 'at', 'fakd') for arch in ('edsr', 'rcan')
                 for scale in (2, 4)}
-    assert logits | features <= names
+    restoration = {'logits_nafnet_deblur.yml', 'logits_restormer_derain.yml', 'logits_uformer_denoise.yml'}
+    assert logits | features | restoration <= names
 
 
 @pytest.mark.parametrize('path', ALL_OPTIONS, ids=option_id)
