@@ -7,6 +7,7 @@ For every entry under ``datasets:``:
     lmdb    both databases have data.mdb and meta_info.txt, the same keys, and data.mdb holds every key
     sizes   every LQ image times the option file's ``scale`` has the size of its GT image (disk: image headers;
             lmdb: the shapes in meta_info.txt)
+    patches every GT image is at least ``gt_size`` on both sides (BasicSR stops mid-run at a smaller one)
     counts  validation/test sets named like a public benchmark (Set5, Set14, B100 or BSD100, Urban100, Manga109,
             GoPro, HIDE, Rain100H, Rain100L, Test100, Test1200, Test2800, SIDD) have its official image count
 
@@ -111,6 +112,12 @@ def check_dataset(dataset_opt, where, scale, expect=True):
             name, gt, lq = wrong[0]
             raise ValueError(f'{where}: {len(wrong)} pairs whose GT size is not {scale} x the LQ size, e.g. {name}: '
                              f'GT {gt[0]}x{gt[1]}, LQ {lq[0]}x{lq[1]}')
+    gt_size = dataset_opt.get('gt_size')
+    small = [(name, gt) for name, gt, _ in entries if gt_size and gt is not None and min(gt) < gt_size]
+    if small:  # BasicSR's paired_random_crop would stop the run at the first such image
+        name, gt = small[0]
+        raise ValueError(f'{where}.gt_size = {gt_size}: {len(small)} GT images are smaller, e.g. {name}: '
+                         f'{gt[0]}x{gt[1]}; crop larger sub-images or lower gt_size')
     official = TEST_SETS.get(dataset_opt.get('name')) if not where.split('.')[-1].startswith('train') else None
     if official:
         check_count(len(entries), official, where, expect)

@@ -197,6 +197,11 @@ def test_check_data_good_and_broken_folders(paired_folders, tmp_path, capsys):
     assert 'FAIL  datasets.val (Tiny): datasets.val: 3 pairs whose GT size is not 3 x the LQ size, e.g. a.png: ' \
         'GT 34x18, LQ 17x9' in output
 
+    output = fails(check_data.main, ['-opt', write_option(tmp_path / 'patch.yml', {'train': dict(disk, gt_size=20)})],
+                   capsys)  # GT b.png 20 x 30 fits; a.png 34 x 18 and c_1.png 8 x 12 do not
+    assert 'FAIL  datasets.train (Tiny): datasets.train.gt_size = 20: 2 GT images are smaller, e.g. a.png: 34x18' \
+        in output
+
     os.remove(os.path.join(lq, 'b.png'))
     output = fails(check_data.main, ['-opt', opt, '--expect-counts', 'off'], capsys)
     assert 'FAIL  datasets.train (Tiny): datasets.train: dataroot_gt (3 images) and dataroot_lq (2 images) do not ' \
