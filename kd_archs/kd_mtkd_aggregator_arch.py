@@ -1,12 +1,12 @@
 """MTKD's knowledge aggregation network: DCTSwin blocks fuse the SR outputs of N teachers (Jiang et al., ECCV 2024)."""
-import itertools
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 from basicsr.archs.arch_util import Upsample, trunc_normal_
 from basicsr.archs.swinir_arch import DropPath, Mlp, WindowAttention, window_partition, window_reverse
 from basicsr.utils.registry import ARCH_REGISTRY
+
+from .kd_swin_mask import shifted_window_mask
 
 
 def dct_matrix(n, norm='ortho'):
@@ -38,30 +38,10 @@ def window_dct_matrices(window_size, norm='ortho'):
     return torch.kron(d, d).float(), torch.kron(d_inv, d_inv).float()
 
 
-def shifted_window_mask(h, w, window_size, shift_size):
-    """Attention mask of Swin's shifted windows, built in the spatial domain (the authors' code takes the DCT of
-    the region map first, which scrambles it).
-
-    After the feature map is rolled by ``-shift_size``, a window at the bottom or right edge holds pixels from
-    up to four regions that are not neighbours in the un-rolled map; tokens of different regions must not
-    attend to each other.
-
-    Returns:
-        Tensor: (num_windows, ws*ws, ws*ws), 0 within a region and -100 across regions, windows in row-major order.
-    """
-    region = torch.zeros(1, h, w, 1)
-    cuts = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    for label, (rows, cols) in enumerate(itertools.product(cuts, cuts)):
-        region[:, rows, cols] = label
-    region = window_partition(region, window_size).flatten(1)
-    different = region[:, None, :] != region[:, :, None]
-    return torch.zeros(different.shape).masked_fill(different, -100.)
-
-
 class DCTSwinLayer(nn.Module):
     """DCTSwin transformer layer (DCTSTL, mtkd.txt Sec. 3.1.2): LayerNorm, 2-D DCT-II of every window,
     (shifted-)window multi-head self-attention on the coefficient tokens, inverse DCT, residual; then LayerNorm,
-    MLP and residual as in Swin.
+    MLP and residual as in Swin. Without the DCT and IDCT it is a plain Swin transformer layer.
 
     Args:
         dim (int): Channels.
@@ -70,21 +50,24 @@ class DCTSwinLayer(nn.Module):
         shift_size (int): Cyclic shift of the windows; 0 for plain windows.
         mlp_ratio (float): Hidden width of the MLP over ``dim``.
         dct_norm (str | None): See :func:`dct_matrix`.
+        use_dct (bool): Attend over the DCT coefficients of each window (False: over its spatial tokens).
         drop_path (float): Stochastic depth rate.
     """
 
-    def __init__(self, dim, num_heads, window_size, shift_size, mlp_ratio, dct_norm, drop_path):
+    def __init__(self, dim, num_heads, window_size, shift_size, mlp_ratio, dct_norm, use_dct, drop_path):
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
+        self.use_dct = use_dct
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, (window_size, window_size), num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        dct, idct = window_dct_matrices(window_size, dct_norm)
-        self.register_buffer('dct', dct, persistent=False)
-        self.register_buffer('idct', idct, persistent=False)
+        if use_dct:
+            dct, idct = window_dct_matrices(window_size, dct_norm)
+            self.register_buffer('dct', dct, persistent=False)
+            self.register_buffer('idct', idct, persistent=False)
 
     def forward(self, x, x_size, mask):
         """x: (b, h*w, c) tokens; x_size: (h, w), multiples of the window size; mask: see shifted_window_mask."""
@@ -93,7 +76,11 @@ class DCTSwinLayer(nn.Module):
         if shift:
             y = torch.roll(y, (-shift, -shift), dims=(1, 2))
         y = window_partition(y, ws).view(-1, ws * ws, c)
-        y = self.idct @ self.attn(self.dct @ y, mask=mask if shift else None)
+        if self.use_dct:
+            y = self.dct @ y
+        y = self.attn(y, mask=mask if shift else None)
+        if self.use_dct:
+            y = self.idct @ y
         y = window_reverse(y.view(-1, ws, ws, c), ws, h, w)
         if shift:
             y = torch.roll(y, (shift, shift), dims=(1, 2))
@@ -109,7 +96,7 @@ class DCTSwinBlock(nn.Module):
         num_layers (int): DCTSwin layers L.
         shift_size (int): Shift of the odd layers' windows (0: no shifted windows).
         drop_path (list[float]): Stochastic depth rate of each layer.
-        **layer_kwargs: num_heads, window_size, mlp_ratio and dct_norm of :class:`DCTSwinLayer`.
+        **layer_kwargs: num_heads, window_size, mlp_ratio, dct_norm and use_dct of :class:`DCTSwinLayer`.
     """
 
     def __init__(self, dim, num_layers, shift_size, drop_path, **layer_kwargs):
@@ -157,7 +144,10 @@ class KDMTKDAggregator(nn.Module):
         num_heads (int): Attention heads (the authors' config: 6). Default: 6.
         mlp_ratio (float): MLP hidden width over C (the authors' config: 2). Default: 2.
         dct_norm (str | None): 'ortho' (orthonormal DCT-II) or None (unnormalised, as torch-dct's default in the
-            authors' code); either is exactly inverted by its IDCT. Default: 'ortho'.
+            authors' code); either is exactly inverted by its IDCT. Ignored without ``use_dct``. Default: 'ortho'.
+        use_dct (bool): DCT/IDCT around the window attention. False is ablation v4 of mtkd.txt Tab. 5 ("removing
+            the DCT and IDCT modules"): plain Swin layers attending over the spatial tokens, with the same
+            parameters and state_dict keys. Default: True.
         shifted_windows (bool): Shift the windows of every second layer by half a window. Default: True.
         upsampler (str): 'pixelshuffle' (conv to ``num_feat`` + LeakyReLU, conv + PixelShuffle stages, conv to 3
             channels; the authors' config) or 'pixelshuffledirect' (one conv + PixelShuffle(scale)).
@@ -177,6 +167,7 @@ class KDMTKDAggregator(nn.Module):
           num_layers: 2      # L
           window_size: 8     # W_s
           dct_norm: ortho    # ~ reproduces the authors' unnormalised DCT
+          use_dct: true      # false: ablation v4 of Tab. 5, plain Swin layers
     """
 
     def __init__(self,
@@ -189,6 +180,7 @@ class KDMTKDAggregator(nn.Module):
                  num_heads=6,
                  mlp_ratio=2.,
                  dct_norm='ortho',
+                 use_dct=True,
                  shifted_windows=True,
                  upsampler='pixelshuffle',
                  num_feat=64,
@@ -214,7 +206,8 @@ class KDMTKDAggregator(nn.Module):
                 num_heads=num_heads,
                 window_size=window_size,
                 mlp_ratio=mlp_ratio,
-                dct_norm=dct_norm) for i in range(num_blocks))
+                dct_norm=dct_norm,
+                use_dct=use_dct) for i in range(num_blocks))
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         if upsampler == 'pixelshuffle':

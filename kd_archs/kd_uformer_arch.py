@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 from basicsr.archs.swinir_arch import DropPath, window_partition, window_reverse
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .kd_mtkd_aggregator_arch import shifted_window_mask
+from .kd_swin_mask import shifted_window_mask
 
 
 def to_map(x, h, w):

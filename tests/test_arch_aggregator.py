@@ -7,7 +7,9 @@ from torch import nn
 
 import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
 from basicsr.archs import build_network
-from kd_archs.kd_mtkd_aggregator_arch import dct_matrix, shifted_window_mask, window_dct_matrices
+from basicsr.archs.swinir_arch import SwinTransformerBlock
+from kd_archs.kd_mtkd_aggregator_arch import DCTSwinLayer, dct_matrix, window_dct_matrices
+from kd_archs.kd_swin_mask import shifted_window_mask
 
 TINY = dict(
     type='KDMTKDAggregator',
@@ -171,3 +173,42 @@ def test_authors_configuration_has_the_parameter_count_of_their_dctswin():
     assert keys[:3] == ['conv_first.weight', 'conv_first.bias', 'patch_embed.norm.weight']
     assert 'layers.1.residual_group.blocks.3.attn.relative_position_bias_table' in keys
     assert not any('attn_mask' in key for key in keys)
+
+
+# ------------------------------------------------------------------------------- ablation v4: without DCT/IDCT
+@pytest.mark.parametrize('shift_size', [0, 2])
+def test_layer_without_dct_is_swinirs_swin_layer(shift_size):
+    # the same weights in BasicSR's SwinTransformerBlock, which builds its own shifted-window mask
+    torch.manual_seed(0)
+    layer = DCTSwinLayer(8, 2, 4, shift_size, 2., 'ortho', use_dct=False, drop_path=0.).eval()
+    for param in layer.parameters():
+        nn.init.normal_(param, std=0.1)
+    swin = SwinTransformerBlock(8, (8, 12), 2, window_size=4, shift_size=shift_size, mlp_ratio=2.).eval()
+    missing, unexpected = swin.load_state_dict(layer.state_dict(), strict=False)
+    assert set(missing) <= {'attn_mask'} and not unexpected
+    x = torch.rand(2, 8 * 12, 8)
+    mask = shifted_window_mask(8, 12, 4, shift_size) if shift_size else None
+    with torch.no_grad():
+        out = layer(x, (8, 12), mask)
+        assert torch.allclose(out, swin(x, (8, 12)), atol=1e-6)
+        layer_dct = DCTSwinLayer(8, 2, 4, shift_size, 2., 'ortho', use_dct=True, drop_path=0.).eval()
+        layer_dct.load_state_dict(layer.state_dict())
+        assert (layer_dct(x, (8, 12), mask) - out).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize('scale', [2, 3])
+def test_aggregator_without_dct_runs_and_differs_from_the_dct_path_with_the_same_weights(scale):
+    net_dct, net_v4 = tiny(scale=scale), tiny(scale=scale, use_dct=False)
+    assert list(net_v4.state_dict()) == list(net_dct.state_dict())
+    net_v4.load_state_dict(net_dct.state_dict())
+    assert sum(p.numel() for p in net_v4.parameters()) == sum(p.numel() for p in net_dct.parameters())
+    x = torch.rand(1, 6, 27, 21)
+    with torch.no_grad():
+        out = net_v4(x)
+        assert out.shape == (1, 3, 27, 21) and torch.isfinite(out).all()
+        assert (out - net_dct(x)).abs().max() > 1e-2
+
+
+def test_paper_preset_without_dct_keeps_the_parameter_count():
+    net = build_network({'type': 'KDMTKDAggregator', 'scale': 4, 'use_dct': False})
+    assert sum(p.numel() for p in net.parameters()) == expected_num_params(3, 4, 24, 4, 2, 8, 6, 2, 64)
