@@ -19,7 +19,7 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m kd_models.demo
+	$(PY) -m basicsr_kd.demo
 
 test: setup
 	$(PY) -m pytest -q tests

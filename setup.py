@@ -8,12 +8,12 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
-    packages=['kd_archs', 'kd_losses', 'kd_models', 'datasets_prep', 'benchmarks'],
-    package_data={'kd_archs': ['kd_presets.yml'], 'kd_models': ['teachers.yml']},
+    packages=['basicsr_kd', 'kd_archs', 'kd_losses', 'kd_models', 'datasets_prep', 'benchmarks'],
+    package_data={'kd_archs': ['kd_presets.yml'], 'basicsr_kd': ['teachers.yml']},
     install_requires=[
         'torch', 'torchvision', 'basicsr==1.4.2', 'numpy', 'opencv-python', 'lmdb', 'pyyaml', 'scikit-image', 'scipy',
         'tqdm', 'Pillow'
     ],
     extras_require={'test': ['pytest']},
-    entry_points={'console_scripts': ['kd-train = kd_models.cli:train', 'kd-test = kd_models.cli:test']},
+    entry_points={'console_scripts': ['kd-train = basicsr_kd.cli:train', 'kd-test = basicsr_kd.cli:test']},
 )

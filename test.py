@@ -1,5 +1,5 @@
 """Evaluate with BasicSR's pipeline and basicsr-kd registered: ``python test.py -opt options/test/<file>.yml``."""
-from kd_models.cli import test
+from basicsr_kd.cli import test
 
 if __name__ == '__main__':
     test()

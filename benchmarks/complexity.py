@@ -24,7 +24,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from kd_archs.presets import PRESETS_FILE, load_presets
 

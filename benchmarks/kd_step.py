@@ -6,7 +6,8 @@ and times, after warm-up steps:
 
 - ``kd``: one ``optimize_parameters`` of the distillation model;
 - ``plain``: one step of the same student with ``SRModel`` and L1 to GT, same batch and patch, same process;
-- ``floor``: ``plain`` + each frozen network's forward timed on its own under no_grad.
+- ``floor``: ``plain`` + the frozen forwards the method needs at least (``model.floor_forwards()``), each timed on
+  its own under no_grad.
 
 It reports the medians (and the spread: max - min) of each, ``kd / plain``, ``kd / floor`` and the peak memory
 (CUDA: ``max_memory_allocated``; CPU: peak RSS of the child process). Add a method by adding its option file to
@@ -99,9 +100,10 @@ def measure(option, args):
     import torch
     import yaml
     sys.path.insert(0, ROOT)
-    import kd_archs  # noqa: F401  (registers the plugin; applies the BasicSR compatibility fixes)
-    import kd_losses  # noqa: F401
-    import kd_models  # noqa: F401
+    from basicsr_kd.compat import patch_basicsr
+    from basicsr_kd.registration import register_plugin
+    register_plugin()
+    patch_basicsr()
     from basicsr.models import build_model
     torch.set_num_threads(args.threads or torch.get_num_threads())
     with open(os.path.join(ROOT, option)) as f:
@@ -122,14 +124,9 @@ def measure(option, args):
     model.feed_data(batch)
     kd_times = timed(lambda: model.optimize_parameters(1), args.device, args.steps, args.warmup)
     frozen = {}
-    for name, net in {**model.teachers, **model.frozen}.items():
-        inputs = model.teacher_input(name) if name in model.teachers else model.lq
-
-        def forward(net=net, inputs=inputs):
-            with torch.no_grad():
-                net(inputs)
-
-        frozen[name] = timed(forward, args.device, args.steps, args.warmup)
+    for index, (name, inputs) in enumerate(model.floor_forwards()):
+        frozen[f'{index}:{name}'] = timed(lambda name=name, inputs=inputs: model.run_frozen(name, inputs), args.device,
+                                          args.steps, args.warmup)
     if args.device == 'cuda':
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:

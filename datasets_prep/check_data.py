@@ -3,7 +3,7 @@
 For every entry under ``datasets:``:
 
     disk    dataroot_gt / dataroot_lq exist, hold images and pair by name with filename_tmpl (the checks train.py
-            runs too, kd_models/preflight.py); the names of a meta_info_file exist in both folders
+            runs too, basicsr_kd/preflight.py); the names of a meta_info_file exist in both folders
     lmdb    both databases have data.mdb and meta_info.txt, the same keys, and data.mdb holds every key
     sizes   every LQ image times the option file's ``scale`` has the size of its GT image (disk: image headers;
             lmdb: the shapes in meta_info.txt)
@@ -22,10 +22,10 @@ import lmdb
 import yaml
 from tqdm import tqdm
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.utils.options import ordered_yaml
 from datasets_prep.common import OFFICIAL_COUNTS, check_count, image_size, make_parser, run
-from kd_models.preflight import check_dataset_folders, image_names
+from basicsr_kd.preflight import check_dataset_folders, check_patch_size, image_names
 
 # dataset ``name`` of a validation/test entry -> key of OFFICIAL_COUNTS
 TEST_SETS = {name: name for name in ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109', 'HIDE', 'Rain100H', 'Rain100L',
@@ -112,12 +112,8 @@ def check_dataset(dataset_opt, where, scale, expect=True):
             name, gt, lq = wrong[0]
             raise ValueError(f'{where}: {len(wrong)} pairs whose GT size is not {scale} x the LQ size, e.g. {name}: '
                              f'GT {gt[0]}x{gt[1]}, LQ {lq[0]}x{lq[1]}')
-    gt_size = dataset_opt.get('gt_size')
-    small = [(name, gt) for name, gt, _ in entries if gt_size and gt is not None and min(gt) < gt_size]
-    if small:  # BasicSR's paired_random_crop would stop the run at the first such image
-        name, gt = small[0]
-        raise ValueError(f'{where}.gt_size = {gt_size}: {len(small)} GT images are smaller, e.g. {name}: '
-                         f'{gt[0]}x{gt[1]}; crop larger sub-images or lower gt_size')
+    if entries[0][1] is not None:  # GT sizes known
+        check_patch_size([(name, gt) for name, gt, _ in entries], dataset_opt.get('gt_size'), where)
     official = TEST_SETS.get(dataset_opt.get('name')) if not where.split('.')[-1].startswith('train') else None
     if official:
         check_count(len(entries), official, where, expect)

@@ -9,13 +9,12 @@ import shutil
 from multiprocessing import Pool
 
 import cv2
-from PIL import Image
 from tqdm import tqdm
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.data.transforms import mod_crop
 from datasets_prep.make_demo_sr import bicubic_downscale  # MATLAB-style bicubic imresize, as BasicSR's scripts
-from kd_models.preflight import image_names
+from basicsr_kd.preflight import image_names, image_size  # noqa: F401  (image_size: re-exported)
 
 # Image counts of the public archives. A tuple lists every count a public download is known to have.
 OFFICIAL_COUNTS = {
@@ -162,15 +161,6 @@ def read_image(path):
     if img is None:
         raise ValueError(f'{path}: not a readable image')
     return img
-
-
-def image_size(path):
-    """(height, width) of an image from its header (the pixels are not decoded)."""
-    try:
-        with Image.open(path) as img:
-            return img.size[1], img.size[0]
-    except OSError as error:
-        raise ValueError(f'{path}: not a readable image ({error})') from None
 
 
 def write_image(path, img):

@@ -13,6 +13,7 @@ Sources (the first argument):
   ``net`` or none) and ``module.`` prefixes are removed.
 - ``vqgan``: taming-transformers' Lightning ``last.ckpt`` (``vqgan_imagenet_f16_1024``): only ``encoder.*``,
   ``quant_conv.*`` and ``quantize.embedding.weight`` are kept (decoder, post_quant_conv and loss are dropped).
+- ``vgg19``: torchvision's ``vgg19-dcbb9e9d.pth``: only ``features.*`` is kept (the classifier is dropped).
 
 Reading never runs code from the file: ``torch.load(weights_only=True)``. A file whose pickle names classes outside
 torch's weights-only allowlist (a Lightning checkpoint's callbacks, an ``argparse.Namespace``...) is read by the same
@@ -37,7 +38,7 @@ from collections import Counter, OrderedDict, namedtuple
 import torch
 import yaml
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from kd_archs.presets import preset_network
 
@@ -82,6 +83,7 @@ SOURCES = {
     'uformer': Source(('Uformer', )),
     'drsformer': Source(('DRSformer', )),
     'vqgan': Source(('KDVQGANEncoder', ), keep=VQGAN_KEEP, default_preset='vqgan_encoder_f16_1024'),
+    'vgg19': Source(('KDVGG19Features', ), keep=('features.', ), default_preset='vgg19_features'),
 }
 
 

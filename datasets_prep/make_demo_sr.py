@@ -25,7 +25,7 @@ import numpy as np
 import skimage.data
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import kd_models  # noqa: F401,E402  (installs the BasicSR compatibility fixes before basicsr is imported)
+import basicsr_kd  # noqa: F401,E402  (makes BasicSR 1.4.2 importable)
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 
 # (name, skimage.data function, region (top, bottom, left, right) or None); train from the front, val from the back.

@@ -16,7 +16,7 @@ Example: python -m datasets_prep.make_lmdb datasets/DIV2K/DIV2K_train_HR_sub \\
 import os
 import shutil
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from datasets_prep.common import image_size, list_images, make_parser, run
 

@@ -27,7 +27,7 @@ import functools
 import math
 import os
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.data.transforms import mod_crop
 from datasets_prep.common import (check_count, crop_and_downscale, cut_sub_images, image_paths, image_size,
                                   make_parser, parallel_map, read_image, report_strays, run, write_text)

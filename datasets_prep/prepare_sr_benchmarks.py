@@ -22,7 +22,7 @@ import os
 
 from datasets_prep.common import (check_count, crop_and_downscale, image_paths, make_parser, parallel_map, read_image,
                                   report_strays, run, write_image)
-from kd_models.preflight import image_names
+from basicsr_kd.preflight import image_names
 
 SETS = {'Set5': ('Set5', ), 'Set14': ('Set14', ), 'B100': ('B100', 'BSD100'), 'Urban100': ('Urban100', ),
         'Manga109': ('Manga109', )}

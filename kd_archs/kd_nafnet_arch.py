@@ -145,10 +145,12 @@ class NAFNetLocal(NAFNet):
 
     The official GoPro/REDS option files use it. Every SCA global pooling becomes a ``LocalAvgPool2d`` whose window
     is 1.5x the feature size that a ``train_size`` input has at that level, so on training-size patches it is
-    the plain NAFNet. Same weights as ``NAFNet``. The official ``fast_imp`` approximation is not provided.
+    the plain NAFNet. Same weights as ``NAFNet``.
 
     Args:
         train_size (tuple[int]): NCHW size of the training patches. Default: (1, 3, 256, 256).
+        fast_imp (bool): The official class's faster approximation of the local pooling. Only ``False`` (the
+            official default and what its option files use) is provided; ``True`` is refused. Default: False.
         Other arguments: see ``NAFNet``.
 
     Example::
@@ -157,7 +159,10 @@ class NAFNetLocal(NAFNet):
           {type: NAFNetLocal, width: 32, enc_blk_nums: [1, 1, 1, 28], middle_blk_num: 1, dec_blk_nums: [1, 1, 1, 1]}
     """
 
-    def __init__(self, *args, train_size=(1, 3, 256, 256), **kwargs):
+    def __init__(self, *args, train_size=(1, 3, 256, 256), fast_imp=False, **kwargs):
+        if fast_imp:
+            raise ValueError('NAFNetLocal: fast_imp: true (the official approximate local pooling) is not provided; '
+                             'set fast_imp: false (the official default): the exact pooling, same weights')
         super().__init__(*args, **kwargs)
         train_h, train_w = train_size[-2:]
         base_h, base_w = int(train_h * 1.5), int(train_w * 1.5)

@@ -1,11 +1,8 @@
-"""VGG-19 features from a local torchvision weight file, for SKD's image-level contrastive loss."""
-import os
-
+"""VGG-19 features (torchvision's layout), for SKD's image-level contrastive loss."""
 import torch
 from torch import nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
-VGG19_URL = 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth'
 # torchvision's vgg19 'E' configuration: output channels of each conv, 'M' for a 2x2 max-pool
 VGG19_CFG = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M']
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,18 +29,17 @@ def vgg19_layers():
 class KDVGG19Features(nn.Module):
     """VGG-19 feature extractor (Simonyan & Zisserman, ICLR 2015) for SKD's contrastive loss φ (skd.txt Eq. 4).
 
-    The weights come only from a local file in torchvision's format (its ``features.*`` keys are used, the
-    classifier is ignored); nothing is ever downloaded. The state_dict keys equal those of
-    ``torchvision.models.vgg19().features`` under the prefix ``features.``. Inputs in [0, 1] (or [-1, 1], see
-    ``input_range``) are normalised with the ImageNet mean and std; the forward stops after the deepest
-    requested layer.
+    Built with random weights; as a frozen network of a model it loads them like every frozen network, from
+    ``path.pretrain_network_<name>`` (nothing is ever downloaded). The state_dict keys equal those of
+    ``torchvision.models.vgg19().features`` under the prefix ``features.``: ``python -m
+    datasets_prep.convert_checkpoint vgg19 vgg19-dcbb9e9d.pth experiments/pretrained_models/vgg19_features.pth``
+    keeps them from torchvision's file (published at https://download.pytorch.org/models/vgg19-dcbb9e9d.pth). Inputs
+    in [0, 1] (or [-1, 1], see ``input_range``) are normalised with the ImageNet mean and std; the forward stops
+    after the deepest requested layer.
 
     Args:
         layer_names (list[str]): Layers to return, named conv{s}_{i}, relu{s}_{i} or pool{s} as in BasicSR's
             VGGFeatureExtractor. Default: relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.
-        load_path (str | None): torchvision's vgg19-dcbb9e9d.pth, published at
-            https://download.pytorch.org/models/vgg19-dcbb9e9d.pth. Required unless ``pretrained`` is false.
-        pretrained (bool): Load ``load_path``; false (random weights) is for tests only. Default: True.
         input_range (str): '[0,1]' or '[-1,1]' (mapped to [0, 1] first). Default: '[0,1]'.
 
     Example::
@@ -51,13 +47,12 @@ class KDVGG19Features(nn.Module):
         network_vgg:
           type: KDVGG19Features
           layer_names: [relu1_1, relu2_1, relu3_1, relu4_1, relu5_1]
-          load_path: experiments/pretrained_models/vgg19-dcbb9e9d.pth
+        path:
+          pretrain_network_vgg: experiments/pretrained_models/vgg19_features.pth
     """
 
     def __init__(self,
                  layer_names=('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1'),
-                 load_path=None,
-                 pretrained=True,
                  input_range='[0,1]'):
         super().__init__()
         self.features, self.names = vgg19_layers()
@@ -70,22 +65,6 @@ class KDVGG19Features(nn.Module):
         self.input_range = input_range
         self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if pretrained:
-            self.load_torchvision(load_path)
-
-    def load_torchvision(self, load_path):
-        """Load the ``features.*`` weights of a torchvision VGG-19 state_dict file, strictly."""
-        if load_path is None or not os.path.isfile(load_path):
-            raise FileNotFoundError(
-                f'KDVGG19Features: load_path {load_path!r} is not a file. Download torchvision\'s VGG-19 weights '
-                f'(vgg19-dcbb9e9d.pth, published at {VGG19_URL}) and set load_path to it; pretrained: false '
-                '(random weights) is for tests only.')
-        state = torch.load(load_path, map_location='cpu', weights_only=True)
-        features = {key: value for key, value in state.items() if key.startswith('features.')}
-        if not features:
-            raise ValueError(f'KDVGG19Features: {load_path} has no features.* keys; it is not a torchvision '
-                             f'VGG-19 state_dict (expected vgg19-dcbb9e9d.pth from {VGG19_URL})')
-        self.load_state_dict(features, strict=True)
 
     def forward(self, x):
         """Return a dict {layer name: feature} for ``layer_names``, from (n, 3, H, W) images."""

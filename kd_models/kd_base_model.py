@@ -1,12 +1,16 @@
-"""The distillation platform every basicsr-kd method builds on: frozen teachers, trainable helpers, feature taps."""
+"""The distillation platform every basicsr-kd method builds on: frozen networks, trainable helpers, feature taps, and
+the hooks a method needs (per-teacher inputs, extra training state, a step hook, frozen encoders fed the student)."""
 import difflib
+import hashlib
 import os
+import pickle
 import re
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from basicsr.archs import build_network
+from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 
@@ -14,6 +18,7 @@ from .kd_eval_model import pad_to_multiple
 
 TEACHER_KEY = re.compile(r'^network_(t\d*)$')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+TEACHER_INPUTS = ('lq', 'gt')
 
 
 def freeze(net):
@@ -23,10 +28,35 @@ def freeze(net):
     return net
 
 
+def weights_digest(state_dict):
+    """A hash of a state dict's names, shapes, dtypes and values: the identity of the weights a network loaded."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, value in state_dict.items():
+        value = value.detach().cpu().contiguous()
+        digest.update(f'{key}:{tuple(value.shape)}:{value.dtype}'.encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b'')
+    return digest.hexdigest()
+
+
+def save_atomically(obj, path):
+    """``torch.save`` to a temporary file beside ``path``, then rename: a run killed mid-write never leaves a
+    truncated checkpoint or state under the final name. A failed write is logged, as BasicSR does, and the run goes
+    on."""
+    temporary = f'{path}.tmp'
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        get_root_logger().warning(f'Could not save {path}: {error}')
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 class FeatureTaps():
     """Forward hooks that keep the outputs of sub-modules named by their module path (e.g. ``body.5``).
 
-    A tapped module called several times in one forward keeps its last output.
+    A tapped module called several times in one forward keeps its last output. The kept tensors are copies (the
+    network may change its output in place later: EDSR and RCAN add the head to ``conv_after_body``'s output).
 
     Args:
         net (nn.Module): The bare network (not its DDP wrapper; hooks on it also fire under DDP).
@@ -47,7 +77,6 @@ class FeatureTaps():
     def _keeper(self, path):
 
         def keep(module, inputs, output):
-            # a copy: the network may change the output in place later (EDSR, RCAN: `res += x` after conv_after_body)
             self.features[path] = output.clone() if torch.is_tensor(output) else output
 
         return keep
@@ -55,6 +84,12 @@ class FeatureTaps():
     def outputs(self):
         """The kept outputs of the last forward, in the configured order."""
         return [self.features[path] for path in self.paths]
+
+    def take(self):
+        """The kept outputs of the last forward, in float32, released from the taps (the next call cannot see them)."""
+        outputs = [feature.float() for feature in self.outputs()]
+        self.features = {}
+        return outputs
 
     def to_float(self):
         """Cast the kept outputs to float32 (after a forward under autocast)."""
@@ -71,34 +106,60 @@ class KDBaseModel(SRModel):
     Option keys it reads (besides SRModel's):
 
     - ``network_t`` or ``network_t1`` .. ``network_tN``: teachers, built through ARCH_REGISTRY, loaded strictly from
-      ``path.pretrain_network_t*`` (``param_key_t*``: ``params_ema``, falling back to ``params``; ``strict_load_t*``:
-      true), frozen, moved to the device, never wrapped in DDP, never saved. List them in
-      ``path.ignore_resume_networks`` (BasicSR's resume would otherwise look for them among the student's files).
-    - Frozen auxiliary networks named in the subclass's ``frozen_networks`` (``network_<name>``): as teachers.
-    - Every other ``network_<name>``: a trainable helper (regressor, projector...), optimised with the student by
-      ``optim_g``, wrapped in DDP, saved as ``net_<name>_<iter>.pth`` and restored on resume. Call helpers through
-      ``self.helpers[name]`` so DDP synchronises their gradients.
-    - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept in
-      ``self.taps[<name>].outputs()`` after each forward.
+      ``path.pretrain_network_t*`` (``param_key_t*``: ``params_ema``, falling back to ``params`` where the file has
+      no EMA weights; ``strict_load_t*``: true), frozen, moved to the device, never wrapped in DDP, never
+      saved. List them in ``path.ignore_resume_networks`` (BasicSR's resume would otherwise look for them among the
+      student's files).
+    - ``network_<name>`` for each name in the method's ``frozen_networks``: frozen networks loaded from files in the
+      same way (``path.pretrain_network_<name>``), e.g. DCKD's VQGAN encoder.
+    - ``network_<name>`` for each name in the method's ``helper_networks``: trainable helpers (regressors,
+      projectors...), optimised with the student by ``optim_g``, wrapped in DDP, saved as ``net_<name>_<iter>.pth``
+      and restored on resume. Any other ``network_*`` key is refused before the first step.
+    - ``train.teacher_inputs``: ``{t1: lq, t2: gt}``: what each teacher is fed (default: the LQ input).
+    - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
+      after each forward (``self.taps[<name>]``).
     - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only).
+    - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default);
+      ``train.perceptual_opt`` (optional): BasicSR's PerceptualLoss to the same target.
 
-    Overrides of SRModel: ``init_training_settings`` (builds the networks above before the student's optimiser),
-    ``setup_optimizers`` (adds the helpers' parameters), ``optimize_parameters`` (student forward, teacher forwards
-    under no_grad, then the subclass's ``compute_losses``), ``save`` (adds the helpers), ``test`` (pads the input of
-    a windowed student, as BasicSR's SwinIRModel does). Inherited unchanged: ``feed_data``, validation, EMA and
-    resume of optimisers and schedulers.
+    Hooks for a method (each has a default):
 
-    Subclasses implement ``compute_losses(current_iter) -> OrderedDict`` of weighted loss terms (the base adds the
-    pixel loss ``l_pix`` to GT) and may override ``teacher_input(name)``.
+    - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
+      ``self.diagnostics`` are logged beside them but not optimised.
+    - ``pixel_target()``: the target of ``pixel_opt``/``perceptual_opt``; ``teacher_views(name)``: the inputs of one
+      teacher, run in one batched forward (``self.teacher_view_outputs[name]``).
+    - ``frozen_copies``: names of frozen copies of the student's architecture made at iteration 0 from the student's
+      weights, without its feature taps (DCKD's history model), in ``self.frozen[name]``.
+    - ``run_frozen(name, x, grad_to_input)``: one frozen network on ``x`` (gradient to ``x`` but never to its
+      weights when asked), returning its output and its taps of that call.
+    - ``after_step(current_iter)``: called after every optimiser step (and the EMA update).
+    - ``training_state()`` / ``load_training_state(state)``: extra state saved in the ``.state`` file and given back
+      on resume.
+
+    Overrides of SRModel: ``init_training_settings`` (builds and checks the networks above; the pixel loss becomes
+    optional), ``setup_optimizers`` (adds the helpers' parameters), ``optimize_parameters`` (student forward,
+    teacher forwards under no_grad, the method's losses, the step hook), ``save`` and ``save_network`` (helpers,
+    atomic writes), ``save_training_state`` and ``resume_training`` (extra state; frozen networks checked to be the
+    ones the run started with), ``test`` (pads the input of a windowed student, as BasicSR's SwinIRModel does).
     """
 
     frozen_networks = ()
+    frozen_copies = ()
+    helper_networks = ()
+
+    def __init__(self, opt):
+        self.check_not_data_parallel(opt)  # before SRModel wraps the student
+        super().__init__(opt)
 
     def init_training_settings(self):
-        self.check_resume_settings()  # option checks first: a scale mismatch must not surface as a load error
+        self.check_network_keys()  # option checks first: a scale mismatch must not surface as a load error
+        self.check_resume_settings()
         self.check_scales()
+        self.teacher_inputs = self.check_teacher_inputs()
+        self.frozen_sources = OrderedDict()
         self.teachers = OrderedDict((name, self.build_frozen_network(name)) for name in self.teacher_names())
         self.frozen = OrderedDict((name, self.build_frozen_network(name)) for name in self.frozen_networks)
+        self.frozen.update((name, self.build_frozen_copy(name)) for name in self.frozen_copies)
         self.helpers = OrderedDict((name, self.build_helper_network(name)) for name in self.helper_names())
         self.taps = self.build_feature_taps()
         autocast = self.opt['train'].get('teacher_autocast')
@@ -106,7 +167,29 @@ class KDBaseModel(SRModel):
             raise ValueError(f'train.teacher_autocast = {autocast}: use one of {list(AUTOCAST_DTYPES)} or ~')
         self.teacher_autocast = autocast
         self._checked_output_shapes = False
-        super().init_training_settings()
+        self.diagnostics = OrderedDict()
+        self.init_student_training()
+
+    def init_student_training(self):
+        """SRModel's training set-up (EMA student, pixel and perceptual losses, optimiser, schedulers), with both
+        losses optional: a method may have no pixel term to GT (FACD's image loss replaces it)."""
+        self.net_g.train()
+        train_opt = self.opt['train']
+        self.ema_decay = train_opt.get('ema_decay', 0)
+        if self.ema_decay > 0:
+            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+            load_path = self.opt['path'].get('pretrain_network_g')
+            if load_path is not None:
+                self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+            else:
+                self.model_ema(0)
+            self.net_g_ema.eval()
+        self.cri_pix = build_loss(train_opt['pixel_opt']).to(self.device) if train_opt.get('pixel_opt') else None
+        perceptual_opt = train_opt.get('perceptual_opt')
+        self.cri_perceptual = build_loss(perceptual_opt).to(self.device) if perceptual_opt else None
+        self.setup_optimizers()
+        self.setup_schedulers()
 
     # ----------------------------------------------------------------------------------------------- networks
     def teacher_names(self):
@@ -118,9 +201,43 @@ class KDBaseModel(SRModel):
         return names
 
     def helper_names(self):
-        reserved = {'g', *self.teacher_names(), *self.frozen_networks}
-        return [key[len('network_'):] for key in self.opt if key.startswith('network_')
-                and key[len('network_'):] not in reserved]
+        """The trainable helpers the options define, among the method's ``helper_networks``."""
+        return [name for name in self.helper_networks if f'network_{name}' in self.opt]
+
+    @staticmethod
+    def check_not_data_parallel(opt):
+        """Several GPUs in one process (BasicSR's DataParallel) would split each batch over replicas whose forward
+        hooks each keep a slice: the feature taps would silently hold part of the batch."""
+        if opt['is_train'] and not opt['dist'] and opt.get('num_gpu', 0) > 1:
+            raise ValueError(
+                f'num_gpu = {opt["num_gpu"]} without a launcher makes BasicSR use DataParallel, which basicsr-kd does '
+                'not support (feature taps would hold one replica\'s part of the batch). Run one process per GPU: '
+                f'torchrun --nproc_per_node={opt["num_gpu"]} train.py -opt <options> --launcher pytorch')
+
+    def check_network_keys(self):
+        """Every ``network_*`` key must be the student, a teacher or a network the method declares: a misspelt key
+        would otherwise be trained and saved silently (and make DDP fail on unused parameters)."""
+        known = {'g', *self.teacher_names(), *self.frozen_networks, *self.helper_networks}
+        unknown = [key for key in self.opt if key.startswith('network_') and key[len('network_'):] not in known]
+        if unknown:
+            expected = [f'network_{name}' for name in (*self.frozen_networks, *self.helper_networks)]
+            raise ValueError(f'{self.opt["model_type"]} does not use {unknown}; besides network_g and the teachers '
+                             f'(network_t or network_t1..tN) it reads {expected or "no other network"}')
+
+    def check_teacher_inputs(self):
+        """``train.teacher_inputs``: {teacher name: lq | gt}, every teacher defaulting to the LQ input."""
+        given = self.opt['train'].get('teacher_inputs') or {}
+        inputs = {name: 'lq' for name in self.teacher_names()}
+        for name, source in given.items():
+            if name not in inputs:
+                raise ValueError(f'train.teacher_inputs.{name}: no such teacher (have {list(inputs)})')
+            if source not in TEACHER_INPUTS:
+                raise ValueError(f'train.teacher_inputs.{name} = {source}: use one of {list(TEACHER_INPUTS)}')
+            if source == 'gt' and self.opt.get('scale', 1) != 1:
+                raise ValueError(f'train.teacher_inputs.{name} = gt: a teacher can take the GT image only when input '
+                                 f'and output have one size (scale 1, not {self.opt["scale"]})')
+            inputs[name] = source
+        return inputs
 
     def build_frozen_network(self, name):
         """Build ``network_<name>``, load its weights strictly from ``path.pretrain_network_<name>``, freeze it."""
@@ -132,36 +249,71 @@ class KDBaseModel(SRModel):
         self.print_network(net)
         return freeze(net.to(self.device))
 
-    def load_frozen_weights(self, net, name):
-        """Load ``net`` from ``path.pretrain_network_<name>``; every failure names the option and the file."""
+    def build_frozen_copy(self, name):
+        """A frozen network of the student's architecture with the student's current weights. Built anew from
+        ``network_g`` (not a deep copy), so the student's feature-tap hooks do not come along."""
+        net = build_network(self.opt['network_g'])
+        net.load_state_dict(self.get_bare_model(self.net_g).state_dict())
+        return freeze(net.to(self.device))
+
+    def read_weight_file(self, load_path, option):
+        """The dict in a weight file; every failure names the option and the file."""
+        if not os.path.isfile(load_path):
+            try:  # the manifest is optional: a fork may have copied only the kd_* files
+                from basicsr_kd.teacher_manifest import describe
+                published = describe(load_path)
+            except ImportError:
+                published = None
+            raise FileNotFoundError(f'{option} = {load_path}: no such file. Put the pretrained weights there. ' +
+                                    (published or 'Where each is published: README, "Pretrained teachers".'))
+        try:
+            return torch.load(load_path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as error:
+            if 'Weights only load failed' in str(error):
+                raise ValueError(f'{option} = {load_path} holds Python objects besides tensors (a training '
+                                 'checkpoint?); convert it to a weights-only file with python -m '
+                                 'datasets_prep.convert_checkpoint (README, "Pretrained teachers")') from None
+            raise self.damaged(load_path, option, error) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as error:
+            raise self.damaged(load_path, option, error) from None
+
+    @staticmethod
+    def damaged(load_path, option, error):
+        size = os.path.getsize(load_path)
+        return ValueError(f'{option} = {load_path} is damaged ({size} bytes; {type(error).__name__}: '
+                          f'{str(error).splitlines()[0] if str(error) else ""}): it is truncated or corrupt, e.g. by '
+                          'an interrupted download or copy. Download or convert it again.')
+
+    def load_frozen_weights(self, net, name, param_key=None):
+        """Load ``net`` from ``path.pretrain_network_<name>`` and record what it loaded in ``frozen_sources``."""
         path_opt = self.opt['path']
         option = f'path.pretrain_network_{name}'
         load_path = path_opt.get(f'pretrain_network_{name}')
         if not load_path:
             raise ValueError(f'{option} is not set: network_{name} must load pretrained weights (a random frozen '
                              'network would silently teach noise). See README, "Pretrained teachers".')
-        if not os.path.isfile(load_path):
-            try:  # the manifest is optional: a fork may have copied only the *_model.py files
-                from .teacher_manifest import describe
-                published = describe(load_path)
-            except ImportError:
-                published = None
-            raise FileNotFoundError(f'{option} = {load_path}: no such file. Put the pretrained weights there. ' +
-                                    (published or 'Where each is published: README, "Pretrained teachers".'))
-        checkpoint = torch.load(load_path, map_location='cpu', weights_only=True)
-        param_key = path_opt.get(f'param_key_{name}', 'params_ema')
-        if param_key not in checkpoint and 'params' in checkpoint:
-            param_key = 'params'
-        if param_key not in checkpoint:
-            raise KeyError(f'{option} = {load_path}: no "{param_key}" (nor "params") in it; it holds '
-                           f'{sorted(checkpoint)[:8]}. Convert it to BasicSR\'s layout first.')
-        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint[param_key].items()}
+        checkpoint = self.read_weight_file(load_path, option)
+        param_key = param_key or path_opt.get(f'param_key_{name}', 'params_ema')
+        if param_key == 'params_ema' and isinstance(checkpoint, dict) and param_key not in checkpoint:
+            param_key = 'params'  # a file saved without EMA (the official teachers)
+        if not isinstance(checkpoint, dict) or param_key not in checkpoint:
+            held = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise KeyError(f'{option} = {load_path}: no "{param_key}" in it (path.param_key_{name}); it holds '
+                           f'{held}. Convert it to BasicSR\'s layout (python -m datasets_prep.convert_checkpoint)')
+        state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
+                            for k, v in checkpoint[param_key].items())
         strict = path_opt.get(f'strict_load_{name}', True)
         try:
             result = net.load_state_dict(state, strict=strict)
         except RuntimeError as error:
             raise RuntimeError(f'{option} = {load_path} does not fit network_{name} '
                                f'({self.opt[f"network_{name}"]}):\n{error}') from None
+        self.frozen_sources[name] = {
+            'network': dict(self.opt[f'network_{name}']),
+            'file': load_path,
+            'param_key': param_key,
+            'digest': weights_digest(net.state_dict())
+        }
         get_root_logger().info(f'Loaded frozen network_{name} from {load_path} [{param_key}], strict={strict}; '
                                f'missing: {len(result.missing_keys)}, unexpected: {len(result.unexpected_keys)}')
 
@@ -199,7 +351,8 @@ class KDBaseModel(SRModel):
         for key, paths in (self.opt['train'].get('feature_taps') or {}).items():
             name = key[len('network_'):]
             if name not in nets:
-                raise KeyError(f'train.feature_taps.{key}: no such frozen network or student (have {sorted(nets)})')
+                raise KeyError(f'train.feature_taps.{key}: no such frozen network or student (have '
+                               f'{["network_" + n for n in nets]})')
             taps[name] = FeatureTaps(nets[name], paths, f'train.feature_taps.{key}')
         return taps
 
@@ -220,21 +373,50 @@ class KDBaseModel(SRModel):
                              '(e.g. Adam, AdamW, SGD)')
         return optimizer_class(params, lr, **kwargs)
 
-    def teacher_input(self, name):
-        """The input of teacher ``name`` (default: the student's LQ input)."""
-        return self.lq
+    def teacher_views(self, name):
+        """The inputs of teacher ``name``, run as one batched forward: by default one view, ``train.teacher_inputs``
+        (the LQ input unless set to ``gt``). A method adds views (e.g. a transformed copy of the input) by overriding
+        this; the views must share their size. Taps of that teacher then hold all views, concatenated in order."""
+        return [self.gt if self.teacher_inputs[name] == 'gt' else self.lq]
 
-    def forward_teachers(self):
-        """Outputs of every teacher (OrderedDict), under no_grad and the optional CUDA autocast."""
+    @contextmanager
+    def frozen_context(self, grad_to_input=False):
+        """The context of every frozen forward: no_grad (or grad to the input only, the weights being frozen) and
+        the optional CUDA autocast of ``train.teacher_autocast``."""
         dtype = AUTOCAST_DTYPES.get(self.teacher_autocast)
         autocast = torch.autocast('cuda', dtype=dtype) if dtype and self.device.type == 'cuda' else nullcontext()
-        with torch.no_grad(), autocast:
-            outputs = OrderedDict((name, net(self.teacher_input(name))) for name, net in self.teachers.items())
-        if dtype:
+        with (torch.enable_grad() if grad_to_input else torch.no_grad()), autocast:
+            yield
+
+    def forward_teachers(self):
+        """Run every teacher on its views in one batched forward each. Sets ``teacher_view_outputs`` {name: [one
+        output per view]} and returns {name: output of its first view}, all float32."""
+        self.teacher_view_outputs = OrderedDict()
+        with self.frozen_context():
+            for name, net in self.teachers.items():
+                views = self.teacher_views(name)
+                output = net(torch.cat(views) if len(views) > 1 else views[0]).float()
+                self.teacher_view_outputs[name] = list(output.split([view.shape[0] for view in views]))
+        if self.teacher_autocast:
             for name in self.teachers:
                 if name in self.taps:
                     self.taps[name].to_float()
-        return OrderedDict((name, out.float()) for name, out in outputs.items())
+        return OrderedDict((name, outputs[0]) for name, outputs in self.teacher_view_outputs.items())
+
+    def run_frozen(self, name, x, grad_to_input=False):
+        """Run the frozen network (or teacher) ``name`` on ``x`` and return (output, [its tapped features of this
+        call]). With ``grad_to_input`` the output carries gradient to ``x`` (an encoder fed the student's output);
+        the weights never get any. The taps are released, so one network can serve several calls in a step."""
+        net = self.frozen[name] if name in self.frozen else self.teachers[name]
+        with self.frozen_context(grad_to_input):
+            output = net(x)
+        features = self.taps[name].take() if name in self.taps else []
+        return (output.float() if torch.is_tensor(output) else output), features
+
+    def floor_forwards(self):
+        """[(frozen network name, input)]: the frozen forwards one step of the method needs at least, which
+        ``benchmarks/kd_step.py`` times (under no_grad) for the step's floor. Default: each teacher on its views."""
+        return [(name, torch.cat(self.teacher_views(name))) for name in self.teachers]
 
     def check_output_shapes(self):
         for name, out in self.teacher_outputs.items():
@@ -243,22 +425,110 @@ class KDBaseModel(SRModel):
                                  f'{tuple(self.output.shape)} for the same input: check their upscale/task options.')
         self._checked_output_shapes = True
 
+    def pixel_target(self):
+        """The target of ``pixel_opt`` and ``perceptual_opt``: GT (SLKD's is teacher B's output)."""
+        return self.gt
+
     def compute_losses(self, current_iter):
-        """Weighted loss terms of this step; the base gives the student's pixel loss to GT."""
-        return OrderedDict(l_pix=self.cri_pix(self.output, self.gt))
+        """Weighted loss terms of this step; the base gives the pixel and perceptual losses, where configured."""
+        losses = OrderedDict()
+        if self.cri_pix is not None:
+            losses['l_pix'] = self.cri_pix(self.output, self.pixel_target())
+        if self.cri_perceptual is not None:
+            percep, style = self.cri_perceptual(self.output, self.pixel_target())
+            for key, value in (('l_percep', percep), ('l_style', style)):
+                if value is not None:
+                    losses[key] = value
+        return losses
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
+        self.diagnostics = OrderedDict()
         self.output = self.net_g(self.lq)
         self.teacher_outputs = self.forward_teachers()
         if not self._checked_output_shapes:
             self.check_output_shapes()
         losses = self.compute_losses(current_iter)
+        if not losses:
+            raise ValueError(f'{self.opt["model_type"]}: no loss term is configured (train.pixel_opt and the '
+                             'method\'s losses are all unset)')
         sum(losses.values()).backward()
         self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(losses)
+        self.log_dict = self.reduce_loss_dict(OrderedDict(**losses, **self.diagnostics))
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+        self.after_step(current_iter)
+
+    def after_step(self, current_iter):
+        """Called after each optimiser step and EMA update (DCKD updates its history model here)."""
+
+    # ----------------------------------------------------------------------------------------------- state
+    def training_state(self):
+        """Extra state of the method, saved in every ``.state`` file (tensors, numbers, dicts of them)."""
+        return {}
+
+    def load_training_state(self, state):
+        """Restore what ``training_state`` returned, on resume."""
+
+    def save_training_state(self, epoch, current_iter):
+        """BasicSR's training state plus ``kd``: the method's ``training_state()`` and what each frozen network
+        loaded, written atomically."""
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'kd': {'method': self.training_state(), 'frozen_sources': self.frozen_sources}
+        }
+        save_atomically(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        """BasicSR's resume (optimisers, schedulers), then the frozen networks are made the ones the run started
+        with, and the method's extra state is restored."""
+        super().resume_training(resume_state)
+        kd_state = resume_state.get('kd')
+        if kd_state is None:
+            raise ValueError(f'{self.opt["path"].get("resume_state")} has no basicsr-kd state (it was not written by '
+                             f'{self.opt["model_type"]}); start a new run instead of resuming this one')
+        self.restore_frozen_sources(kd_state['frozen_sources'])
+        self.load_training_state(kd_state['method'])
+
+    def restore_frozen_sources(self, started):
+        """Every frozen network loaded from a file must hold the weights the run started with. BasicSR's resume
+        rewrites every ``path.param_key_*: params_ema`` to ``params``, which would give a teacher its raw weights
+        instead of its EMA weights: reload with the recorded key, then compare the weights' digest."""
+        nets = {**self.teachers, **self.frozen}
+        for name, source in started.items():
+            if name not in self.frozen_sources:
+                raise ValueError(f'The run started with network_{name}, which the options no longer define')
+            if self.frozen_sources[name]['param_key'] != source['param_key']:
+                get_root_logger().info(f'Resume: network_{name} reloaded with [{source["param_key"]}], the key it '
+                                       f'started with (not [{self.frozen_sources[name]["param_key"]}])')
+                self.load_frozen_weights(self.get_bare_model(nets[name]), name, param_key=source['param_key'])
+            if self.frozen_sources[name]['digest'] != source['digest']:
+                raise ValueError(f'path.pretrain_network_{name} = {self.frozen_sources[name]["file"]} now holds other '
+                                 f'weights than the ones this run started with (from {source["file"]}): a resumed '
+                                 'run must be taught by the same networks. Restore that file or start a new run.')
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's checkpoint layout (``{param_key: state_dict}``, no ``module.`` prefix, on the CPU), written
+        atomically."""
+        nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
+        checkpoint = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            checkpoint[key] = OrderedDict(
+                (k[len('module.'):] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
+        label = 'latest' if current_iter == -1 else current_iter
+        save_atomically(checkpoint, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    def save(self, epoch, current_iter):
+        """Save the student (and its EMA) as SRModel does, then each trainable helper; never the frozen networks."""
+        for name, net in self.helpers.items():
+            self.save_network(net, f'net_{name}', current_iter)
+        super().save(epoch, current_iter)
 
     def test(self):
         """SRModel's test; a student with ``window_size`` (SwinIR) gets its input reflect-padded to a multiple of
@@ -273,9 +543,3 @@ class KDBaseModel(SRModel):
         finally:
             self.lq = lq
         self.output = self.output[..., :h * scale, :w * scale]
-
-    def save(self, epoch, current_iter):
-        """Save the student (and its EMA) as SRModel does, then each trainable helper; never the frozen networks."""
-        for name, net in self.helpers.items():
-            self.save_network(net, f'net_{name}', current_iter)
-        super().save(epoch, current_iter)

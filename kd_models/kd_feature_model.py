@@ -25,6 +25,7 @@ class KDFeatureModel(KDLogitsModel):
     """
 
     requires_kd_opt = False
+    helper_networks = ('reg', )
 
     def init_training_settings(self):
         super().init_training_settings()

@@ -12,11 +12,13 @@ import pytest
 import torch
 import yaml
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
-import kd_losses  # noqa: F401
-import kd_models  # noqa: F401
+from basicsr_kd.compat import patch_basicsr
+from basicsr_kd.registration import register_plugin
 from basicsr.archs import build_network
 from datasets_prep.make_demo_sr import build_demo_set
+
+register_plugin()
+patch_basicsr()  # in-process models run as under train.py (DDP on CPU, resume on CPU)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = os.path.join(ROOT, 'options')
@@ -140,6 +142,14 @@ def build_model_from(opt, experiments_root, is_train=True):
     """A BasicSR model built in-process, as ``train.py`` builds it."""
     from basicsr.models import build_model
     return build_model(as_parsed(opt, experiments_root, is_train))
+
+
+@pytest.fixture
+def logits_opt(demo_root, tmp_path):
+    """options/logits_edsr_x2.yml with 16 channels, 2 student and 3 teacher blocks, a random teacher in tmp_path."""
+    opt = load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml'))
+    opt['network_g']['num_block'], opt['network_t']['num_block'] = 2, 3
+    return shrink_option(opt, demo_root, str(tmp_path), 'logits')
 
 
 @pytest.fixture

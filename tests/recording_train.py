@@ -1,12 +1,13 @@
 """``train.py`` with test-only model types that also record what every rank holds, for the DDP and resume tests.
 
-``KDRecording<Model>`` (one per distillation model, e.g. ``KDRecordingLogitsModel``) behaves like ``<Model>`` and
-writes to ``<experiments_root>``:
+``KDRecording<Model>`` (one per distillation model of ``kd_models``, e.g. ``KDRecordingLogitsModel``) behaves like
+``<Model>`` and writes to ``<experiments_root>``:
 
 - ``rank<r>_init.pth``: the bare student and helpers of rank ``r`` when training starts (after the DDP broadcast);
 - ``rank<r>_iter<i>.pth``: the same at every ``save`` (BasicSR saves on rank 0 only), plus ``seen_lq``, the sum of
   every LQ batch this rank trained on;
-- ``resumed_rank<r>.pth``: right after ``resume_training``, the optimiser, scheduler, student and helper states.
+- ``resumed_rank<r>.pth``: right after ``resume_training``, the optimiser, scheduler, student, helper and teacher
+  states.
 """
 import os
 import sys
@@ -14,10 +15,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kd_models import cli  # noqa: E402  (registers the plugin)
+from basicsr_kd import cli  # noqa: E402
+from basicsr_kd.registration import register_plugin  # noqa: E402
 from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
-from kd_models.kd_feature_model import KDFeatureModel  # noqa: E402
-from kd_models.kd_logits_model import KDLogitsModel  # noqa: E402
+from kd_models.kd_base_model import KDBaseModel  # noqa: E402
+
+register_plugin()
 
 
 class Recording():
@@ -48,12 +51,14 @@ class Recording():
         self.record('resumed', {
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
-            'networks': self.networks()
+            'networks': self.networks(),
+            'teachers': {name: net.state_dict() for name, net in self.teachers.items()}
         })
 
 
-for base in (KDLogitsModel, KDFeatureModel):
-    MODEL_REGISTRY.register(type(base.__name__.replace('KD', 'KDRecording'), (Recording, base), {}))
+for name, base in list(MODEL_REGISTRY):  # every distillation model of the plugin
+    if isinstance(base, type) and issubclass(base, KDBaseModel) and base.__module__.startswith('kd_models.'):
+        MODEL_REGISTRY.register(type(name.replace('KD', 'KDRecording', 1), (Recording, base), {}))
 
 if __name__ == '__main__':
     cli.train()

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from conftest import check_official_spec
 from kd_archs.kd_nafnet_arch import LocalAvgPool2d
@@ -79,3 +79,9 @@ def test_nafnet_local_is_nafnet_on_training_size_inputs_and_local_on_larger_ones
         torch.testing.assert_close(local(x), plain(x))
         x = torch.linspace(-5, 5, 80).expand(1, 3, 96, 80)  # a ramp: local means differ from the global one
         assert (local(x) - plain(x)).abs().max() > 1e-3
+
+
+def test_nafnet_local_takes_the_official_fast_imp_argument():
+    assert tiny('NAFNetLocal', train_size=(1, 3, 32, 32), fast_imp=False).encoders[0][0].sca[0].kernel_size == (48, 48)
+    with pytest.raises(ValueError, match='fast_imp: true .* is not provided'):
+        tiny('NAFNetLocal', fast_imp=True)

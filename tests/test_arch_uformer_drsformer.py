@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from conftest import check_official_spec
 from kd_archs.kd_drsformer_arch import Attention

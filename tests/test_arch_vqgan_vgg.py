@@ -6,10 +6,11 @@ import pytest
 import torch
 import torchvision
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 
 from conftest import ARCH_SPECS
+from datasets_prep.convert_checkpoint import convert
 
 SPEC = os.path.join(ARCH_SPECS, 'vqgan_encoder_f16_1024.json')
 TINY_DDCONFIG = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], resolution=16, z_channels=8)
@@ -101,27 +102,21 @@ def torchvision_vgg19():
 def test_vgg_keys_equal_torchvision_vgg19_features(torchvision_vgg19):
     reference = torchvision_vgg19.state_dict()
     expected = {key: value.shape for key, value in reference.items() if key.startswith('features.')}
-    net = build_network({'type': 'KDVGG19Features', 'pretrained': False})
+    net = build_network({'type': 'KDVGG19Features'})
     assert {key: value.shape for key, value in net.state_dict().items()} == expected
 
 
-def test_vgg_missing_file_names_the_argument_the_path_and_where_it_is_published(tmp_path):
-    path = str(tmp_path / 'vgg19-dcbb9e9d.pth')
-    for load_path in (path, None):
-        with pytest.raises(FileNotFoundError) as error:
-            build_network({'type': 'KDVGG19Features', 'load_path': load_path})
-        message = str(error.value)
-        assert 'load_path' in message and repr(load_path) in message
-        assert 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth' in message
-
-
-def test_vgg_loads_a_torchvision_file_and_computes_its_features(tmp_path, torchvision_vgg19):
+def test_vgg_converted_from_a_torchvision_file_computes_its_features(tmp_path, torchvision_vgg19):
     reference = torchvision_vgg19
     state = {f'features.{key}': value for key, value in reference.features.state_dict().items()}
-    state['classifier.6.bias'] = reference.classifier[6].bias  # the 0.5 GB classifier is ignored: leave it out
-    path = str(tmp_path / 'vgg19.pth')
-    torch.save(state, path)
-    net = build_network({'type': 'KDVGG19Features', 'layer_names': ['relu1_1', 'relu2_1'], 'load_path': path}).eval()
+    state['classifier.6.bias'] = reference.classifier[6].bias  # the 0.5 GB classifier is dropped: leave most out
+    torch.save(state, tmp_path / 'vgg19-dcbb9e9d.pth')
+    report = convert('vgg19', str(tmp_path / 'vgg19-dcbb9e9d.pth'), str(tmp_path / 'vgg19_features.pth'),
+                     {'type': 'KDVGG19Features'})
+    assert any('dropped 1 (classifier: 1)' in line for line in report)
+    converted = torch.load(tmp_path / 'vgg19_features.pth', weights_only=True)
+    net = build_network({'type': 'KDVGG19Features', 'layer_names': ['relu1_1', 'relu2_1']}).eval()
+    net.load_state_dict(converted['params'], strict=True)
     x = torch.rand(2, 3, 20, 28)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     with torch.no_grad():
@@ -130,14 +125,10 @@ def test_vgg_loads_a_torchvision_file_and_computes_its_features(tmp_path, torchv
     assert list(out) == ['relu1_1', 'relu2_1']
     assert torch.allclose(out['relu2_1'], expected, atol=1e-5)
 
-    torch.save({'params': state}, path)
-    with pytest.raises(ValueError, match='not a torchvision'):
-        build_network({'type': 'KDVGG19Features', 'load_path': path})
-
 
 def test_vgg_layer_output_shapes_and_input_range():
     torch.manual_seed(0)
-    net = build_network({'type': 'KDVGG19Features', 'pretrained': False}).eval()
+    net = build_network({'type': 'KDVGG19Features'}).eval()
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
         out = net(x)
@@ -152,4 +143,4 @@ def test_vgg_layer_output_shapes_and_input_range():
         net.input_range = '[-1,1]'
         assert torch.allclose(net(x * 2 - 1)['relu3_1'], out['relu3_1'], atol=1e-5)
     with pytest.raises(ValueError, match='relu9_1'):
-        build_network({'type': 'KDVGG19Features', 'pretrained': False, 'layer_names': ['relu9_1']})
+        build_network({'type': 'KDVGG19Features', 'layer_names': ['relu9_1']})

@@ -36,12 +36,17 @@ def gt_image_without_lq_partner(opt, tmp_path):
     opt['datasets']['train']['dataroot_gt'] = str(folder)
 
 
+def patch_larger_than_the_training_images(opt, tmp_path):
+    opt['datasets']['train']['gt_size'] = 1000  # the demo's training photographs are about 500 pixels high
+
+
 CASES = [
     (missing_teacher_file, ['path.pretrain_network_t', 'nowhere.pth', 'no such file']),
     (teacher_of_other_scale, ['network_t.upscale = 4', 'scale = 2']),
     (unknown_arch_type, ['network_t.type = EDSRR', "No object named 'EDSRR'", 'basicsr-kd registers']),
     (empty_lq_folder, ['datasets.train.dataroot_lq', 'holds no images']),
     (gt_image_without_lq_partner, ['datasets.train', 'do not pair', 'extra.png']),
+    (patch_larger_than_the_training_images, ['datasets.train.gt_size = 1000', 'GT images are smaller']),
 ]
 
 

@@ -1,7 +1,8 @@
-"""One test per BasicSR 1.4.2 fix in kd_models/basicsr_compat.py, on the real library."""
+"""One test per BasicSR 1.4.2 fix (basicsr_kd/__init__.py and basicsr_kd/compat.py), on the real library."""
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import types
 
@@ -14,7 +15,8 @@ from basicsr.models.base_model import BaseModel
 from basicsr.models.lr_scheduler import MultiStepRestartLR
 from torch.nn.parallel import DistributedDataParallel
 
-from kd_models import basicsr_compat
+import basicsr_kd
+from basicsr_kd import compat as basicsr_compat
 
 
 # ------------------------------------------------------------------------ fix 1: functional_tensor stand-in
@@ -31,17 +33,17 @@ def test_basicsr_imports_and_degradations_has_a_working_rgb_to_grayscale():
 
 
 def test_stand_in_is_installed_when_the_module_is_missing(monkeypatch):
-    monkeypatch.delitem(sys.modules, basicsr_compat.FUNCTIONAL_TENSOR)
-    basicsr_compat.install_functional_tensor_stand_in()
-    stand_in = sys.modules[basicsr_compat.FUNCTIONAL_TENSOR]
+    monkeypatch.delitem(sys.modules, basicsr_kd.FUNCTIONAL_TENSOR)
+    basicsr_kd.install_functional_tensor_stand_in()
+    stand_in = sys.modules[basicsr_kd.FUNCTIONAL_TENSOR]
     assert stand_in.rgb_to_grayscale is tv_functional.rgb_to_grayscale
 
 
 def test_stand_in_is_not_installed_over_a_real_module(monkeypatch):
-    real = types.ModuleType(basicsr_compat.FUNCTIONAL_TENSOR)
-    monkeypatch.setitem(sys.modules, basicsr_compat.FUNCTIONAL_TENSOR, real)
-    basicsr_compat.install_functional_tensor_stand_in()
-    assert sys.modules[basicsr_compat.FUNCTIONAL_TENSOR] is real and not hasattr(real, 'rgb_to_grayscale')
+    real = types.ModuleType(basicsr_kd.FUNCTIONAL_TENSOR)
+    monkeypatch.setitem(sys.modules, basicsr_kd.FUNCTIONAL_TENSOR, real)
+    basicsr_kd.install_functional_tensor_stand_in()
+    assert sys.modules[basicsr_kd.FUNCTIONAL_TENSOR] is real and not hasattr(real, 'rgb_to_grayscale')
 
 
 # ------------------------------------------------------------------------ fix 2: --launcher pytorch on CPU
@@ -157,6 +159,55 @@ def test_resume_state_is_the_newest_and_loaded_to_cpu(tmp_path, monkeypatch):
     assert opt['path']['resume_state'] == str(states / '10.state')
     assert opt['path']['pretrain_network_g'] == str(tmp_path / 'models' / 'net_g_10.pth')  # BasicSR's check_resume
     assert 'pretrain_network_t' not in opt['path']
+
+
+def test_auto_resume_skips_a_truncated_newest_state_with_a_warning(tmp_path, caplog):
+    states = tmp_path / 'training_states'
+    states.mkdir()
+    for iteration in (2, 4, 6):
+        torch.save(training_state(iteration), states / f'{iteration}.state')
+    for iteration in (4, 6):  # the run was killed while writing 6.state; 4.state was damaged too
+        data = (states / f'{iteration}.state').read_bytes()
+        (states / f'{iteration}.state').write_bytes(data[:len(data) // 2])
+    opt = {'auto_resume': True, 'network_g': {}, 'path': {'training_states': str(states), 'models': str(tmp_path),
+                                                          'resume_state': None}}
+    state = basicsr_compat.load_resume_state(opt)
+    assert state['iter'] == 2 and opt['path']['resume_state'] == str(states / '2.state')
+    skipped = [record.getMessage() for record in caplog.records if 'does not load' in record.getMessage()]
+    assert len(skipped) == 2 and '6.state' in skipped[0] and '4.state' in skipped[1]
+
+
+# ------------------------------------------------------------------------ fix 8: frozen param keys on resume
+def test_resume_keeps_the_param_key_of_frozen_networks(tmp_path):
+    states = tmp_path / 'training_states'
+    states.mkdir()
+    torch.save(training_state(4), states / '4.state')
+    opt = {
+        'auto_resume': True,
+        'network_g': {},
+        'network_t': {},
+        'path': {
+            'training_states': str(states),
+            'models': str(tmp_path / 'models'),
+            'resume_state': None,
+            'ignore_resume_networks': ['network_t'],
+            'param_key_g': 'params_ema',
+            'param_key_t': 'params_ema'
+        }
+    }
+    basicsr_compat.load_resume_state(opt)
+    assert opt['path']['param_key_g'] == 'params'  # BasicSR's rule for the student: it resumes its raw weights
+    assert opt['path']['param_key_t'] == 'params_ema'  # the teacher keeps the weights it started with
+
+
+def test_importing_the_plugin_does_not_patch_basicsr():
+    code = ('import sys, kd_archs, kd_losses, kd_models, basicsr.train; from basicsr.models.base_model import '
+            'BaseModel; print("basicsr_kd.compat" in sys.modules, BaseModel.model_to_device.__module__)')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['False', 'basicsr.models.base_model']
 
 
 def test_no_resume_state_without_auto_resume_or_path(tmp_path):

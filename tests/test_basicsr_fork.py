@@ -27,8 +27,8 @@ def fork(tmp_path_factory):
     """A copy of the installed BasicSR with our registered files in its archs/models/losses and the torchvision fix."""
     root = tmp_path_factory.mktemp('fork')
     shutil.copytree(os.path.dirname(basicsr.__file__), root / 'basicsr', ignore=shutil.ignore_patterns('__pycache__'))
-    for package, folder, pattern in (('kd_archs', 'archs', '*_arch.py'), ('kd_models', 'models', '*_model.py'),
-                                     ('kd_losses', 'losses', '*_loss.py')):
+    for package, folder, pattern in (('kd_archs', 'archs', 'kd_*.py'), ('kd_models', 'models', 'kd_*.py'),
+                                     ('kd_losses', 'losses', 'kd_*.py')):
         files = glob.glob(os.path.join(ROOT, package, pattern))
         assert files, f'{package}/{pattern}'
         for path in files:

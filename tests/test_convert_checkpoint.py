@@ -9,7 +9,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from datasets_prep.convert_checkpoint import ConversionError, convert, main
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils import FileClient, imfrombytes
 from datasets_prep import check_data, common, make_lmdb

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 import skimage.data
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.matlab_functions import imresize

@@ -16,7 +16,7 @@ from basicsr.metrics import calculate_metric, calculate_psnr, calculate_ssim
 from conftest import OPTIONS, ROOT, build_model_from, load_option, run_train
 from datasets_prep import make_test_options
 from kd_models.kd_eval_model import forward_tiled, pad_to_multiple
-from kd_models.results_table import main as results_table
+from basicsr_kd.results_table import main as results_table
 
 TEST_OPTIONS = os.path.join(OPTIONS, 'test')
 SR_X4 = os.path.join(TEST_OPTIONS, 'test_logits_edsr_x4.yml')  # Y, crop 4

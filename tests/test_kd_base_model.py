@@ -12,7 +12,7 @@ from basicsr.models import build_model
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import OPTIONS, as_parsed, build_model_from, load_option, save_random_weights, shrink_option
+from conftest import as_parsed, build_model_from, save_random_weights
 from kd_models.kd_base_model import KDBaseModel
 
 if 'KDTestHintModel' not in MODEL_REGISTRY:  # the registry refuses a second registration of the name
@@ -21,19 +21,13 @@ if 'KDTestHintModel' not in MODEL_REGISTRY:  # the registry refuses a second reg
     class KDTestHintModel(KDBaseModel):
         """Pixel loss plus an MSE between regressed student taps and teacher taps (a FitNet in miniature)."""
 
+        helper_networks = ('reg', )
+
         def compute_losses(self, current_iter):
             losses = super().compute_losses(current_iter)
             regressed = self.helpers['reg'](self.taps['g'].outputs())
             losses['l_hint'] = sum(F.mse_loss(s, t) for s, t in zip(regressed, self.taps['t'].outputs()))
             return losses
-
-
-@pytest.fixture
-def logits_opt(demo_root, tmp_path):
-    """options/logits_edsr_x2.yml with 16 channels, 2 student and 3 teacher blocks, a random teacher in tmp_path."""
-    opt = load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml'))
-    opt['network_g']['num_block'], opt['network_t']['num_block'] = 2, 3
-    return shrink_option(opt, demo_root, str(tmp_path), 'logits')
 
 
 def random_batch(seed=0, scale=2):
@@ -186,9 +180,8 @@ def test_bad_configuration_fails_at_build_naming_the_option(logits_opt, tmp_path
 
 
 def test_optimiser_is_any_torch_optim_class_and_also_drives_the_helpers(logits_opt, tmp_path):
-    opt = copy.deepcopy(logits_opt)
+    opt = hint_opt(logits_opt)
     opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 3e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
-    opt['network_reg'] = {'type': 'KDConvRegressor', 'in_channels': [16], 'out_channels': [16]}
     model = build_model_from(opt, str(tmp_path / 'exp'))
     assert type(model.optimizer_g) is torch.optim.AdamW
     assert [group['weight_decay'] for group in model.optimizer_g.param_groups] == [1e-4, 1e-4]

@@ -7,7 +7,8 @@ from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 import kd_archs
 import kd_losses
 import kd_models
-from kd_models.plugin import import_registered_files, plugin_names
+from basicsr_kd.preflight import check_registered_types
+from basicsr_kd.registration import import_registered_files, plugin_names
 
 
 def test_import_registers_our_classes():
@@ -36,14 +37,23 @@ def test_scanner_imports_every_matching_file(tmp_path, monkeypatch):
     assert 'kd_scanned_pkg.kd_helper' not in sys.modules and 'kd_scanned_pkg.kd_three_model' not in sys.modules
 
 
-@pytest.mark.parametrize('registry, ours', [(MODEL_REGISTRY, 'KDLogitsModel'), (ARCH_REGISTRY, 'KDConvRegressor'),
-                                            (LOSS_REGISTRY, 'KDHintLoss')])
-def test_unknown_type_error_names_it_and_lists_our_names(registry, ours):
+@pytest.mark.parametrize('key, registry, ours', [('model_type', MODEL_REGISTRY, 'KDLogitsModel'),
+                                                 ('network_g', ARCH_REGISTRY, 'KDConvRegressor'),
+                                                 ('train.pixel_opt', LOSS_REGISTRY, 'KDHintLoss')])
+def test_unknown_type_error_names_the_option_and_lists_our_names(key, registry, ours):
+    opt = {'model_type': 'SRModel', 'network_g': {'type': 'EDSR'}, 'train': {'pixel_opt': {'type': 'L1Loss'}}}
+    if key == 'model_type':
+        opt['model_type'] = 'NoSuchThing'
+    elif key == 'network_g':
+        opt['network_g']['type'] = 'NoSuchThing'
+    else:
+        opt['train']['pixel_opt']['type'] = 'NoSuchThing'
     with pytest.raises(KeyError) as error:
-        registry.get('NoSuchThing')
+        check_registered_types(opt)
     message = error.value.args[0]
+    assert message.startswith(f'{key if key == "model_type" else key + ".type"} = NoSuchThing')
     assert "No object named 'NoSuchThing'" in message and ours in message
-    assert 'EDSR' not in message and 'SRModel' not in message  # only the plugin's names are listed
+    assert 'EDSR,' not in message and 'SRModel' not in message.split('registers in it')[1]  # only our names
 
 
 @pytest.mark.parametrize('registry, name', [(ARCH_REGISTRY, 'EDSR'), (ARCH_REGISTRY, 'RCAN'),

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import kd_models  # noqa: F401  (BasicSR compatibility fixes, before basicsr is imported)
+import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.matlab_functions import imresize
 from datasets_prep import prepare_div2k, prepare_sr_benchmarks

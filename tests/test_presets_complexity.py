@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import kd_archs  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from benchmarks.complexity import COLUMNS, count_flops, input_shape, main, parameters_and_flops, presets_markdown
 from conftest import ARCH_SPECS

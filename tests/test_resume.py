@@ -11,6 +11,11 @@ from conftest import OPTIONS, RECORDING_TRAIN, differing_tensors, load_option, r
 def test_auto_resume_restores_optimiser_scheduler_and_networks(demo_root, tmp_path):
     opt = shrink_option(load_option(os.path.join(OPTIONS, 'fitnet_edsr_x2.yml')), demo_root, str(tmp_path), 'resume')
     opt['model_type'] = 'KDRecordingFeatureModel'  # FitNet: the trainable regressor must resume too
+    opt['train']['ema_decay'] = 0.9
+    teacher = torch.load(opt['path']['pretrain_network_t'], weights_only=True)['params']
+    teacher_ema = {key: 0.9 * value for key, value in teacher.items()}  # a teacher file holding both weights
+    torch.save({'params': teacher, 'params_ema': teacher_ema}, opt['path']['pretrain_network_t'])
+    opt['path']['param_key_t'] = 'params_ema'
     lr = opt['train']['optim_g']['lr']
     opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [3], 'gamma': 0.5}
     opt['logger']['save_checkpoint_freq'] = 2
@@ -41,6 +46,8 @@ def test_auto_resume_restores_optimiser_scheduler_and_networks(demo_root, tmp_pa
     at_iter_2 = torch.load(root / 'iter2_rank0.pth', weights_only=True)
     for name in ('g', 'reg'):
         assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
+    # BasicSR's check_resume turns param_key_t: params_ema into params; the resumed run must keep the EMA teacher
+    assert not differing_tensors(resumed['teachers']['t'], teacher_ema)
     assert (root / 'training_states' / '4.state').is_file() and (root / 'models' / 'net_reg_4.pth').is_file()
 
     # The same 4 iterations without interruption: identical up to iteration 2 (fixed seed, no workers), not after:

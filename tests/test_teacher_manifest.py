@@ -1,4 +1,4 @@
-"""The teacher manifest (kd_models/teachers.yml): it covers every teacher file of the option files, with the network
+"""The teacher manifest (basicsr_kd/teachers.yml): it covers every teacher file of the option files, with the network
 the option builds; a missing teacher file's error names where it is published, also without the manifest."""
 import copy
 import glob
@@ -10,7 +10,7 @@ import pytest
 from conftest import OPTIONS, build_model_from, load_option, shrink_option
 from datasets_prep.convert_checkpoint import SOURCES
 from kd_archs.presets import load_presets
-from kd_models import teacher_manifest
+from basicsr_kd import teacher_manifest
 
 MANIFEST = teacher_manifest.load_manifest()
 PRESETS = load_presets()
@@ -31,7 +31,7 @@ def test_every_teacher_of_the_option_files_is_listed_with_the_network_the_option
     teachers = option_teachers()
     assert len(teachers) >= 21  # logits x 9, FitNet/AT/FAKD x 12 (EDSR and RCAN, x2 and x4)
     for option, key, path, network in teachers:
-        assert path in MANIFEST, f'{option}: {key} = {path} is not in kd_models/teachers.yml'
+        assert path in MANIFEST, f'{option}: {key} = {path} is not in basicsr_kd/teachers.yml'
         assert PRESETS[MANIFEST[path]['preset']]['network_g'] == network, f'{option}: {key}'
 
 
@@ -79,7 +79,7 @@ FALLBACK = r'no such file\. Put the pretrained weights there\. Where each is pub
 
 def test_missing_teacher_error_without_the_manifest_module_or_file(rcan_opt, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:  # a fork that copied only the *_model.py files: no teacher_manifest module
-        patch.setitem(sys.modules, 'kd_models.teacher_manifest', None)  # makes importing it fail
+        patch.setitem(sys.modules, 'basicsr_kd.teacher_manifest', None)  # makes importing it fail
         with pytest.raises(FileNotFoundError, match=FALLBACK):
             build_model_from(copy.deepcopy(rcan_opt), str(tmp_path / 'exp'))
     monkeypatch.setattr(teacher_manifest, 'MANIFEST_FILE', str(tmp_path / 'absent.yml'))

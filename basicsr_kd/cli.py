@@ -4,14 +4,14 @@ directory."""
 import os
 import sys
 
-import kd_archs  # noqa: F401  (registers; the first import also applies the BasicSR compatibility fixes)
-import kd_losses  # noqa: F401
-import kd_models  # noqa: F401
-from kd_models.basicsr_compat import accept_torch_local_rank_spelling
-from kd_models.preflight import check_option_file
+from basicsr_kd.compat import accept_torch_local_rank_spelling, patch_basicsr
+from basicsr_kd.preflight import check_option_file
+from basicsr_kd.registration import register_plugin
 
 
-def _prepare_argv():
+def _prepare():
+    register_plugin()
+    patch_basicsr()
     sys.argv = accept_torch_local_rank_spelling(sys.argv)
     if '-opt' in sys.argv[:-1]:
         check_option_file(sys.argv[sys.argv.index('-opt') + 1])
@@ -19,11 +19,11 @@ def _prepare_argv():
 
 def train():
     from basicsr.train import train_pipeline
-    _prepare_argv()
+    _prepare()
     train_pipeline(os.getcwd())
 
 
 def test():
     from basicsr.test import test_pipeline
-    _prepare_argv()
+    _prepare()
     test_pipeline(os.getcwd())

@@ -1,10 +1,10 @@
-"""Everything basicsr-kd changes in BasicSR 1.4.2 so that it runs with current torch/torchvision and on CPU.
+"""What basicsr-kd changes in BasicSR 1.4.2 so that it runs with current torch/torchvision, on CPU, and resumes safely.
 
-Imported by each of our packages before the first ``import basicsr``. Each fix is a no-op where BasicSR already
-works (a torchvision that still ships ``functional_tensor``, a machine with CUDA):
+``patch_basicsr()`` applies the fixes; the entry points (``train.py``, ``test.py``, ``kd-train``, ``kd-test``) call
+it, importing our networks, losses or models does not. Each fix is a no-op where BasicSR already works (a machine with
+CUDA). Fix 1, the ``functional_tensor`` stand-in without which BasicSR cannot be imported, is in
+``basicsr_kd/__init__.py``.
 
-1. ``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) gets a stand-in module, because
-   ``basicsr.data.degradations`` imports ``rgb_to_grayscale`` from it.
 2. ``--launcher pytorch`` without CUDA: BasicSR hard-codes NCCL and ``torch.cuda.set_device``; we use gloo and no
    device. With CUDA the device is ``LOCAL_RANK`` (BasicSR's ``RANK % num_gpus`` when LOCAL_RANK is unset).
 3. ``BaseModel.model_to_device`` passes ``torch.cuda.current_device()`` to DDP; on CPU DDP gets no device ids.
@@ -12,33 +12,20 @@ works (a torchvision that still ships ``functional_tensor``, a machine with CUDA
 5. torch's launchers spell ``--local-rank``; BasicSR's parser only knows ``--local_rank``.
 6. ``parse_options`` seeds the run before it applies ``--force_yml``, so ``--force_yml manual_seed=N`` is
    recorded but not used; we seed again with the forced value (nothing random happens in between).
+7. ``--auto_resume`` takes the newest ``.state`` file even when it is truncated (a run killed while writing it) and
+   then fails on every restart; we take the newest state that loads, with a warning naming each one skipped.
+8. ``check_resume`` rewrites every ``path.param_key_*: params_ema`` to ``params``, also those of frozen networks
+   (``ignore_resume_networks``), whose weights must not change on resume: we keep theirs. (Our models also check,
+   on resume, that every frozen network holds the weights the run started with: that covers a BasicSR fork's own
+   ``train.py`` too.)
 """
-import importlib.util
 import os
-import sys
-import types
 
 import torch
 import torch.distributed as dist
-import torchvision.transforms.functional as tv_functional
-
-FUNCTIONAL_TENSOR = 'torchvision.transforms.functional_tensor'
-
-
-def install_functional_tensor_stand_in():
-    """Fix 1: register a stand-in for the module torchvision 0.17 removed, unless torchvision still has it."""
-    if FUNCTIONAL_TENSOR in sys.modules or importlib.util.find_spec(FUNCTIONAL_TENSOR) is not None:
-        return
-    stand_in = types.ModuleType(FUNCTIONAL_TENSOR)
-    stand_in.rgb_to_grayscale = tv_functional.rgb_to_grayscale
-    sys.modules[FUNCTIONAL_TENSOR] = stand_in
-
-
-install_functional_tensor_stand_in()
-
-from basicsr.models.base_model import BaseModel  # noqa: E402  (needs the stand-in above)
-from basicsr.utils import dist_util  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from basicsr.models.base_model import BaseModel
+from basicsr.utils import dist_util
+from torch.nn.parallel import DistributedDataParallel
 
 
 def init_dist_pytorch(backend, **kwargs):
@@ -70,21 +57,39 @@ def resume_map_location():
     return 'cpu'
 
 
+def newest_complete_state(state_dir):
+    """(path, loaded state) of the newest ``<iter>.state`` in ``state_dir`` that loads, or (None, None); a state
+    that does not load (truncated, corrupt) is skipped with a warning."""
+    from basicsr.utils import get_root_logger, scandir
+    iters = sorted((int(float(name[:-len('.state')])) for name in scandir(state_dir, suffix='.state')), reverse=True)
+    for current_iter in iters:
+        path = os.path.join(state_dir, f'{current_iter}.state')
+        try:
+            return path, torch.load(path, map_location=resume_map_location(), weights_only=False)
+        except Exception as error:  # noqa: BLE001  (any unpickling failure means the file is incomplete)
+            get_root_logger().warning(f'--auto_resume: {path} does not load ({type(error).__name__}: {error}); '
+                                      'it is incomplete (a run stopped while writing it?). Trying an older state.')
+    return None, None
+
+
 def load_resume_state(opt):
-    """BasicSR's ``train.load_resume_state`` with Fix 4 (the state-file search is BasicSR's)."""
-    from basicsr.utils import check_resume, scandir
-    resume_state_path = opt['path'].get('resume_state')
-    if opt['auto_resume']:
-        state_dir = opt['path']['training_states']
-        if os.path.isdir(state_dir):
-            iters = [float(v.split('.state')[0]) for v in scandir(state_dir, suffix='state', recursive=False)]
-            if iters:
-                resume_state_path = os.path.join(state_dir, f'{max(iters):.0f}.state')
-                opt['path']['resume_state'] = resume_state_path
+    """BasicSR's ``train.load_resume_state`` with fixes 4, 7 and 8."""
+    from basicsr.utils import check_resume
+    resume_state_path, resume_state = opt['path'].get('resume_state'), None
+    if opt['auto_resume'] and os.path.isdir(opt['path']['training_states']):
+        path, state = newest_complete_state(opt['path']['training_states'])
+        if path is not None:
+            resume_state_path, resume_state = path, state
+            opt['path']['resume_state'] = path
     if not resume_state_path:
         return None
-    resume_state = torch.load(resume_state_path, map_location=resume_map_location())
+    if resume_state is None:
+        resume_state = torch.load(resume_state_path, map_location=resume_map_location(), weights_only=False)
+    ignored = opt['path'].get('ignore_resume_networks') or []
+    frozen_keys = {key: value for key, value in opt['path'].items()
+                   if key.startswith('param_key_') and f'network_{key[len("param_key_"):]}' in ignored}
     check_resume(opt, resume_state['iter'])
+    opt['path'].update(frozen_keys)  # fix 8: check_resume must not turn a frozen network's params_ema into params
     return resume_state
 
 
@@ -110,7 +115,7 @@ def with_forced_seed(parse_options):
 
 
 def patch_basicsr():
-    """Apply fixes 2-4 and 6 to the imported BasicSR (idempotent)."""
+    """Apply fixes 2-4 and 6-8 to BasicSR (idempotent; fix 5 is applied to ``sys.argv`` by the entry points)."""
     import basicsr.test
     import basicsr.train
     dist_util._init_dist_pytorch = init_dist_pytorch
@@ -118,6 +123,3 @@ def patch_basicsr():
     basicsr.train.load_resume_state = load_resume_state
     for pipeline in (basicsr.train, basicsr.test):
         pipeline.parse_options = with_forced_seed(pipeline.parse_options)
-
-
-patch_basicsr()

@@ -5,7 +5,7 @@ for several seeds (same seed, data order and iterations within a pair), and comp
 Every run is BasicSR's own training pipeline (``train.py`` in a subprocess whose working directory is ``--out``) on
 the option files of ``options/demo/``, with the run's name, seed and paths set in a copy written to
 ``<out>/options``. Runs go ``--jobs`` at a time (one thread each): the scratch students do not need the teacher and
-train beside it. Usage: ``python -m kd_models.demo [--seeds 0 1 2] [--jobs 2]``.
+train beside it. Usage: ``python -m basicsr_kd.demo [--seeds 0 1 2] [--jobs 2]``.
 """
 import argparse
 import os
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import yaml
 
-import kd_archs  # noqa: F401  (registers the plugin; the first import applies the BasicSR compatibility fixes)
-import kd_models  # noqa: F401
+import kd_archs  # noqa: F401  (registers our networks)
 from basicsr.archs import build_network
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
+from datasets_prep.common import cut_sub_images, image_size, read_image
 from datasets_prep.make_demo_sr import build_demo_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,25 +46,17 @@ def load_option(kind):
 
 
 def cut_tiles(split_root, tiles_root, scale, size):
-    """Cut every HR/LR training pair into ``size`` x ``size`` HR tiles (as BasicSR's extract_subimages.py does for
-    DIV2K): a training sample then decodes two small PNGs instead of two whole photographs. Tiles older than the
-    training split (rebuilt by build_demo_set) are cut again."""
-    hr_dir, lr_dir = os.path.join(tiles_root, 'HR'), os.path.join(tiles_root, 'LR_bicubic', f'X{scale}')
-    if os.path.isdir(lr_dir) and os.path.getmtime(lr_dir) > os.path.getmtime(os.path.join(split_root, 'HR')):
-        return
-    shutil.rmtree(tiles_root, ignore_errors=True)
-    for folder in (hr_dir, lr_dir + '.tmp'):
-        os.makedirs(folder)
-    for name in sorted(os.listdir(os.path.join(split_root, 'HR'))):
-        hr = cv2.imread(os.path.join(split_root, 'HR', name))
-        lr = cv2.imread(os.path.join(split_root, 'LR_bicubic', f'X{scale}', name))
-        tops, lefts = ([*range(0, n - size + 1, size), n - size] for n in hr.shape[:2])  # last tile on the edge
-        for k, (top, left) in enumerate(sorted({(t, x) for t in tops for x in lefts})):
-            tile = f'{os.path.splitext(name)[0]}_s{k:03d}.png'
-            cv2.imwrite(os.path.join(hr_dir, tile), hr[top:top + size, left:left + size])
-            lr_top, lr_left, lr_size = top // scale, left // scale, size // scale
-            cv2.imwrite(os.path.join(lr_dir + '.tmp', tile), lr[lr_top:lr_top + lr_size, lr_left:lr_left + lr_size])
-    os.rename(lr_dir + '.tmp', lr_dir)  # complete tiles only: the LR folder appears last
+    """Cut every HR/LR training pair into ``size`` x ``size`` HR tiles and the LR tiles of the same places (as
+    BasicSR's extract_subimages.py does for DIV2K): a training sample then decodes two small PNGs instead of two whole
+    photographs. Missing tiles are cut; tiles older than the training split (rebuilt by build_demo_set) are cut anew."""
+    hr_split, lr_split = os.path.join(split_root, 'HR'), os.path.join(split_root, 'LR_bicubic', f'X{scale}')
+    if os.path.isdir(tiles_root) and os.path.getmtime(tiles_root) < os.path.getmtime(hr_split):
+        shutil.rmtree(tiles_root)
+    for name in sorted(os.listdir(hr_split)):
+        hr_path, lr_path = os.path.join(hr_split, name), os.path.join(lr_split, name)
+        sources = [(os.path.join(tiles_root, 'HR'), 1, lambda: read_image(hr_path)),
+                   (os.path.join(tiles_root, 'LR_bicubic', f'X{scale}'), scale, lambda: read_image(lr_path))]
+        cut_sub_images(os.path.splitext(name)[0], image_size(hr_path), sources, size, size, 0, hr_path)
 
 
 def checkpoint(out, run):

@@ -1,10 +1,13 @@
-"""Checks of an option file that ``train.py``/``test.py`` run before BasicSR starts, so that a wrong data folder
-fails with a message naming the option instead of a traceback from inside a data loader."""
+"""Checks of an option file that ``train.py``/``test.py`` run before BasicSR starts, so that a wrong type, data
+folder or patch size fails with a message naming the option instead of a traceback from inside a data loader."""
 import os
 
 import yaml
+from PIL import Image
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+from .registration import plugin_names
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy')
 
@@ -19,11 +22,12 @@ def check_option_file(opt_path):
     check_registered_types(opt)
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         check_dataset_folders(dataset_opt, f'datasets.{phase}')
+        check_disk_patch_size(dataset_opt, f'datasets.{phase}')
 
 
 def check_registered_types(opt):
-    """Every ``type`` BasicSR looks up in a registry must be registered; KeyError with the option and BasicSR's
-    message (which our ``Registry.get`` extends with the names basicsr-kd registers)."""
+    """Every ``type`` BasicSR looks up in a registry must be registered; KeyError with the option, BasicSR's message
+    and the names basicsr-kd registers in that registry."""
     train, val = opt.get('train') or {}, opt.get('val') or {}
     found = [('model_type', MODEL_REGISTRY, opt.get('model_type'))]
     found += [(f'{key}.type', ARCH_REGISTRY, net.get('type')) for key, net in opt.items()
@@ -39,7 +43,8 @@ def check_registered_types(opt):
             try:
                 registry.get(name)
             except KeyError as error:
-                raise KeyError(f'{option} = {name}: {error.args[0]}') from None
+                ours = ', '.join(plugin_names(registry)) or 'nothing'
+                raise KeyError(f'{option} = {name}: {error.args[0]} basicsr-kd registers in it: {ours}.') from None
 
 
 def image_names(folder):
@@ -68,3 +73,30 @@ def check_dataset_folders(dataset_opt, where):
             raise ValueError(f'{where}: dataroot_gt ({len(names["dataroot_gt"])} images) and dataroot_lq '
                              f'({len(lq_names)} images) do not pair with filename_tmpl "{template}"; GT images '
                              f'without an LQ partner: {unpaired[:5]}')
+
+
+def image_size(path):
+    """(height, width) of an image from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except OSError as error:
+        raise ValueError(f'{path}: not a readable image ({error})') from None
+
+
+def check_patch_size(gt_sizes, gt_size, where):
+    """Every GT image must be at least ``gt_size`` on both sides: BasicSR's ``paired_random_crop`` would stop the run
+    at the first smaller one, possibly hours in. ``gt_sizes``: [(name, (height, width))]."""
+    small = [(name, size) for name, size in gt_sizes if gt_size and min(size) < gt_size]
+    if small:
+        name, (h, w) = small[0]
+        raise ValueError(f'{where}.gt_size = {gt_size}: {len(small)} GT images are smaller, e.g. {name}: {h}x{w}; '
+                         'crop larger sub-images or lower gt_size')
+
+
+def check_disk_patch_size(dataset_opt, where):
+    """``check_patch_size`` for a training set on disk."""
+    gt_size, folder = dataset_opt.get('gt_size'), dataset_opt.get('dataroot_gt')
+    if gt_size and folder and (dataset_opt.get('io_backend') or {}).get('type', 'disk') == 'disk':
+        check_patch_size([(name, image_size(os.path.join(folder, name))) for name in image_names(folder)], gt_size,
+                         where)

@@ -1,7 +1,7 @@
 """Metric tables as Markdown and CSV: one run's ``metrics.csv`` (written by KDEvalModel), and several runs merged
 into one table like the papers' (rows: methods, columns: dataset x metric).
 
-    python -m kd_models.results_table results/*_edsr_x4/metrics.csv --out results/edsr_x4
+    python -m basicsr_kd.results_table results/*_edsr_x4/metrics.csv --out results/edsr_x4
 
 A run is named by the folder of its ``metrics.csv`` (``results/<name>/``, the option file's ``name``).
 """
