@@ -10,12 +10,12 @@ setup: $(STAMP)
 
 # torch first (basicsr's build imports it), then basicsr without build isolation, then the rest. The project runs
 # from this folder (python -m ..., train.py); `pip install .` would add the kd-train/kd-test console scripts.
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet --no-build-isolation basicsr==1.4.2
-	$(PY) -m pip install --quiet -r requirements.txt pytest
+	$(PY) -m pip install --quiet -r requirements.txt pytest PyWavelets piq  # the last two: test oracles only
 	touch $(STAMP)
 
 demo: setup
