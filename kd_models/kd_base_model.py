@@ -146,6 +146,8 @@ class KDBaseModel(SRModel):
     frozen_networks = ()
     frozen_copies = ()
     helper_networks = ()
+    # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py; 'loss': a loss dict)
+    option_keys = {'train': {'teacher_inputs': None, 'feature_taps': None, 'teacher_autocast': None}}
 
     def __init__(self, opt):
         self.check_not_data_parallel(opt)  # before SRModel wraps the student

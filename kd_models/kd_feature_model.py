@@ -25,6 +25,7 @@ class KDFeatureModel(KDLogitsModel):
     """
 
     requires_kd_opt = False
+    option_keys = {'train': {'feature_opt': 'loss'}}
     helper_networks = ('reg', )
 
     def init_training_settings(self):

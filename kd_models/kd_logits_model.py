@@ -27,6 +27,7 @@ class KDLogitsModel(KDBaseModel):
     """
 
     requires_kd_opt = True
+    option_keys = {'train': {'kd_opt': 'loss'}}
 
     def init_training_settings(self):
         super().init_training_settings()
