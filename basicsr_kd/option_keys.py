@@ -22,7 +22,7 @@ import inspect
 import warnings
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
 # Markers: a dict whose keys are those of its ``type`` (plain words, so that a model file can declare them without
 # importing this module).
@@ -85,7 +85,8 @@ def option_spec(opt):
     model_type = opt.get('model_type')
     model_class = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
     names = [key[len('network_'):] for key in opt if str(key).startswith('network_')]
-    weights = {f'{prefix}_{name}': None for name in names for prefix in ('pretrain_network', 'param_key', 'strict_load')}
+    weights = {f'{prefix}_{name}': None for name in names
+               for prefix in ('pretrain_network', 'param_key', 'strict_load')}
     return merge(BASICSR_KEYS, PLUGIN_KEYS, {'path': weights}, model_keys(model_class) if model_class else {})
 
 
@@ -103,7 +104,13 @@ def marker_spec(marker, value):
         return None
     kind = value.get('type')
     if marker == DATASET:
-        return DATASET_KEYS if kind in BASICSR_DATASETS else None
+        if kind in BASICSR_DATASETS:
+            return DATASET_KEYS
+        dataset = DATASET_REGISTRY.get(kind) if kind in DATASET_REGISTRY else None
+        from basicsr.data.paired_image_dataset import PairedImageDataset
+        if isinstance(dataset, type) and issubclass(dataset, PairedImageDataset) and hasattr(dataset, 'option_keys'):
+            return merge(DATASET_KEYS, dataset.option_keys)  # one of ours: PairedImageDataset's keys and its own
+        return None
     if marker == METRICS:
         return None  # BasicSR's metric functions all take **kwargs
     registry = {NETWORK: ARCH_REGISTRY, LOSS: LOSS_REGISTRY}.get(marker)

@@ -38,6 +38,10 @@ class KDLogitsModel(KDBaseModel):
             raise ValueError(f'{type(self).__name__} needs train.kd_opt, the loss between student and teacher outputs')
         self.cri_kd = build_loss(kd_opt).to(self.device) if kd_opt else None
 
+    def frozen_target(self, lq):
+        """The teacher's output: what ``train.teacher_cache`` stores."""
+        return self.run_frozen('t', lq)[0]
+
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)
         if self.cri_kd is not None:
