@@ -29,7 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OPTIONS = ['options/logits_edsr_x4.yml', 'options/fitnet_edsr_x4.yml', 'options/at_edsr_x4.yml',
-                   'options/fakd_edsr_x4.yml']
+                   'options/fakd_edsr_x4.yml', 'options/facd_edsr_x4.yml', 'options/dckd_swinir_x2.yml',
+                   'options/dckd_star_swinir_x4.yml', 'options/skd_restormer_derain.yml', 'options/mtkd_edsr_x4.yml']
 COLUMNS = ['option', 'model_type', 'kd_ms', 'kd_spread_ms', 'plain_ms', 'plain_spread_ms', 'frozen_ms', 'floor_ms',
            'kd_over_plain', 'kd_over_floor', 'peak_mem_mb']
 
@@ -79,6 +80,10 @@ def training_opt(opt, workdir, device, amp):
         path = os.path.join(workdir, f'{key}.pth')
         torch.save({'params': build_network(opt[key]).state_dict()}, path)
         opt['path'][f'pretrain_{key}'] = path
+    from basicsr.utils.registry import MODEL_REGISTRY
+    stamp = getattr(MODEL_REGISTRY.get(opt['model_type']), 'stamp_random_frozen_files', None)
+    if stamp is not None:  # e.g. MTKD's aggregator file records the teachers it was trained on
+        stamp(opt)
     for key in ('experiments_root', 'models', 'training_states', 'log', 'visualization'):
         opt['path'][key] = workdir
     opt['train']['teacher_autocast'] = amp

@@ -34,6 +34,7 @@ OFFICIAL_COUNTS = {
     'Test100': (100, 98),  # the MPRNet/Restormer download holds 98, as MSPFN used (swz30/MPRNet#23)
     'Test1200': 1200,
     'Test2800': 2800,
+    'Rain1400': 1400,  # the DDN test set (Fu et al., CVPR 2017): 14 rain types of 100 scenes
     'SIDD_train': 320,
     'SIDD_val': 1280,
 }

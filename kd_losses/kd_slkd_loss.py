@@ -71,7 +71,8 @@ class KDNaturalnessLoss(KDStatisticsKLLoss):
         mscn_c (float): MSCN constant C (BRISQUE's C = 1 on [0, 255] = 1/255 on [0, 1]). Default: 1/255.
         kernel_size (int): MSCN window side. Default: 7.
         kernel_sigma (float): MSCN window standard deviation. Default: 7/6.
-        num_scales (int): BRISQUE scales (full and half resolution). Default: 2.
+        num_scales (int): BRISQUE scales (full and half resolution). A level too small for all of them (under
+            2 x 2 at the coarsest; only tiny test patches reach that) uses the scales it has. Default: 2.
         eps (float): Added to each softplus before normalising. Default: 1e-8.
 
     Example::
@@ -81,10 +82,13 @@ class KDNaturalnessLoss(KDStatisticsKLLoss):
 
     def __init__(self, loss_weight=1.0, mscn_c=1 / 255, kernel_size=7, kernel_sigma=7 / 6, num_scales=2, eps=1e-8):
         super().__init__(loss_weight, eps)
-        self.brisque_opt = dict(c=mscn_c, kernel_size=kernel_size, sigma=kernel_sigma, num_scales=num_scales)
+        self.num_scales = num_scales
+        self.brisque_opt = dict(c=mscn_c, kernel_size=kernel_size, sigma=kernel_sigma)
 
     def statistics(self, features):
-        return brisque_features(features, **self.brisque_opt)
+        # a level whose coarser scale would be under 2 x 2 (e.g. 2 x 2 itself) keeps the scales it has
+        num_scales = min(self.num_scales, max(1, min(features.shape[2:]).bit_length() - 1))
+        return brisque_features(features, num_scales=num_scales, **self.brisque_opt)
 
 
 @LOSS_REGISTRY.register()

@@ -137,6 +137,9 @@ class KDBaseModel(SRModel):
     - ``run_frozen(name, x, grad_to_input)``: one frozen network on ``x`` (gradient to ``x`` but never to its
       weights when asked), returning its output and its taps of that call.
     - ``after_step(current_iter)``: called after every optimiser step (and the EMA update).
+    - ``forward_networks()``: the step's forwards (student on LQ, then the teachers); ``checkpoint_extras(label)``:
+      entries saved beside the weights of a checkpoint (MTKD's stage 1: the aggregator's input is the teachers'
+      outputs, and its checkpoint carries the teacher list).
     - ``training_state()`` / ``load_training_state(state)``: extra state saved in the ``.state`` file and given back
       on resume.
 
@@ -512,8 +515,7 @@ class KDBaseModel(SRModel):
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
         self.diagnostics = OrderedDict()
-        self.output = self.net_g(self.lq)
-        self.teacher_outputs = self.forward_teachers()
+        self.forward_networks()
         if not self._checked_output_shapes:
             self.check_output_shapes()
         losses = self.compute_losses(current_iter)
@@ -526,6 +528,13 @@ class KDBaseModel(SRModel):
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
         self.after_step(current_iter)
+
+    def forward_networks(self):
+        """The forwards of a step: sets ``self.output`` (the student on the LQ input, with gradient) and
+        ``self.teacher_outputs`` (``forward_teachers()``). MTKD's stage 1 feeds its trained network the teachers'
+        outputs instead, so it runs the teachers first."""
+        self.output = self.net_g(self.lq)
+        self.teacher_outputs = self.forward_teachers()
 
     def after_step(self, current_iter):
         """Called after each optimiser step and EMA update (DCKD updates its history model here)."""
@@ -584,13 +593,19 @@ class KDBaseModel(SRModel):
         """BasicSR's checkpoint layout (``{param_key: state_dict}``, no ``module.`` prefix, on the CPU), written
         atomically."""
         nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
-        checkpoint = {}
+        checkpoint = self.checkpoint_extras(net_label)
         for net_, key in zip(nets, keys):
             state = self.get_bare_model(net_).state_dict()
             checkpoint[key] = OrderedDict(
                 (k[len('module.'):] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
         label = 'latest' if current_iter == -1 else current_iter
         save_atomically(checkpoint, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    def checkpoint_extras(self, net_label):
+        """Entries saved beside the weights in the checkpoint of ``net_label`` (e.g. ``net_g``): plain Python
+        values and tensors, as ``torch.load(weights_only=True)`` reads them. MTKD's stage 1 stores the teacher list
+        with its aggregator. Default: none."""
+        return {}
 
     def save(self, epoch, current_iter):
         """Save the student (and its EMA) as SRModel does, then each trainable helper; never the frozen networks."""

@@ -44,5 +44,6 @@ class KDFeatureModel(KDLogitsModel):
         student = self.taps['g'].outputs()
         if 'reg' in self.helpers:
             student = self.helpers['reg'](student)
-        losses['l_feat'] = self.cri_feat(student, self.taps['t'].outputs())
+        views = len(self.lq)  # the teacher's taps hold all its views (label consistency adds one): keep the first
+        losses['l_feat'] = self.cri_feat(student, [feature[:views] for feature in self.taps['t'].outputs()])
         return losses

@@ -3,6 +3,7 @@ from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
+from .kd_label_consistency import apply_label_consistency_ops, draw_label_consistency_ops, undo_label_consistency_ops
 
 
 @MODEL_REGISTRY.register()
@@ -12,6 +13,15 @@ class KDLogitsModel(KDBaseModel):
     The two weights are the ``loss_weight`` of ``train.pixel_opt`` and ``train.kd_opt`` (both 1 by default).
     Overrides ``init_training_settings`` (adds ``kd_opt``) and ``compute_losses`` (adds ``l_kd``); the rest is
     KDBaseModel's.
+
+    Label consistency (DUKD's term, used by DCKD*; every subclass with one teacher has it): with
+    ``train.label_consistency_opt`` set, the teacher also sees a copy of its input transformed per sample (colour
+    inversion, vertical and horizontal flip, transpose, each with probability ``prob``, 0.5 by default), in the
+    same batched forward as its clean input (``teacher_views``); its output for that copy, transformed back in
+    reverse order, is the target of the loss ``l_lc`` = the configured loss (L1, weight 1 in DUKD) to the
+    student's output. ``prob`` is read from the dict; the rest builds the loss::
+
+        label_consistency_opt: {type: L1Loss, loss_weight: 1.0, prob: 0.5}
 
     Example::
 
@@ -37,6 +47,24 @@ class KDLogitsModel(KDBaseModel):
         if self.requires_kd_opt and not kd_opt:
             raise ValueError(f'{type(self).__name__} needs train.kd_opt, the loss between student and teacher outputs')
         self.cri_kd = build_loss(kd_opt).to(self.device) if kd_opt else None
+        self.cri_lc, self.lc_prob, self.lc_ops = None, 0.5, None
+        lc_opt = dict(self.opt['train'].get('label_consistency_opt') or {})
+        if lc_opt:
+            prob = lc_opt.pop('prob', 0.5)
+            if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+                raise ValueError(f'train.label_consistency_opt.prob = {prob!r}: must be a probability in [0, 1]')
+            try:
+                self.cri_lc, self.lc_prob = build_loss(lc_opt).to(self.device), float(prob)
+            except TypeError as error:  # an unknown key: the loss class refuses it
+                raise ValueError(f'train.label_consistency_opt: {error} (prob is its only own key)') from None
+
+    def teacher_views(self, name):
+        """The teacher's input and, with label consistency, a randomly transformed copy of it (one forward)."""
+        views = super().teacher_views(name)
+        if self.cri_lc is None:
+            return views
+        self.lc_ops = draw_label_consistency_ops(views[0], self.lc_prob)
+        return [views[0], apply_label_consistency_ops(views[0], self.lc_ops)]
 
     def frozen_target(self, lq):
         """The teacher's output: what ``train.teacher_cache`` stores."""
@@ -46,4 +74,7 @@ class KDLogitsModel(KDBaseModel):
         losses = super().compute_losses(current_iter)
         if self.cri_kd is not None:
             losses['l_kd'] = self.cri_kd(self.output, self.teacher_outputs['t'])
+        if self.cri_lc is not None:
+            target = undo_label_consistency_ops(self.teacher_view_outputs['t'][1], self.lc_ops)
+            losses['l_lc'] = self.cri_lc(self.output, target)
         return losses

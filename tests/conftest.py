@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ import yaml
 from basicsr_kd.compat import patch_basicsr
 from basicsr_kd.registration import register_plugin
 from basicsr.archs import build_network
+from basicsr.utils.registry import MODEL_REGISTRY
 from datasets_prep.make_demo_sr import build_demo_set
 
 register_plugin()
@@ -46,7 +48,25 @@ def shrink_network(net_opt):
     for key, value in SHRUNK_LIST_ITEMS.items():
         if isinstance(net_opt.get(key), list):  # not the image channels of Restormer (out_channels: 3)
             net_opt[key] = [value] * len(net_opt[key])
+    if net_opt.get('type') == 'KDVQGANEncoder':  # DCKD's encoder: the same levels and taps, 32 channels at the first
+        net_opt['ddconfig'] = {**(net_opt.get('ddconfig') or {}), 'ch': 32}
     return net_opt
+
+
+def shrink_paired_channels(opt, original):
+    """Rescale the ``student_channels`` / ``teacher_channels`` lists of helper networks (e.g. SLKD's scale conversion
+    modules) by the factor the width of ``network_g`` / of the first teacher shrank by, so they keep fitting the
+    shrunk networks' taps (every level's channels are a multiple of the network's width)."""
+    teacher = next((key for key in ('network_t', 'network_t1') if key in opt), None)
+    for key in [k for k in opt if k.startswith('network_')]:
+        for channels, source in (('student_channels', 'network_g'), ('teacher_channels', teacher)):
+            if not isinstance(opt[key].get(channels), list) or source is None:
+                continue
+            width = next((k for k in SHRUNK_VALUES if k in original[source] and k not in ('img_size', 'win_size')),
+                         None)
+            if width is not None:
+                ratio = Fraction(opt[source][width], original[source][width])
+                opt[key][channels] = [int(c * ratio) for c in opt[key][channels]]
 
 
 def save_random_weights(net_opt, path, seed=0):
@@ -69,11 +89,17 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         dataset.pop('meta_info_file', None)
         if phase == 'train':
             dataset.update(gt_size=16 * scale, batch_size_per_gpu=2, num_worker_per_gpu=0, dataset_enlarge_ratio=10)
+    original = {key: opt[key] for key in opt if key.startswith('network_')}
     for key in [k for k in opt if k.startswith('network_')]:
         opt[key] = shrink_network(opt[key])
+    shrink_paired_channels(opt, original)
+    for key in [k for k in opt if k.startswith('network_')]:
         pretrain = f'pretrain_{key}'
         if key in (opt['path'].get('ignore_resume_networks') or []):
             opt['path'][pretrain] = save_random_weights(opt[key], os.path.join(workdir, f'{name}_{key}.pth'))
+    stamp = getattr(MODEL_REGISTRY.get(opt['model_type']), 'stamp_random_frozen_files', None)
+    if stamp is not None:  # e.g. MTKD's aggregator file records the teachers it was trained on
+        stamp(opt)
     opt['train'].update(total_iter=total_iter, warmup_iter=-1)
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)

@@ -60,10 +60,17 @@ def test_only_the_fork_is_importable(fork):
 
 
 @pytest.mark.parametrize('option, model_type', [('logits_edsr_x2.yml', 'KDLogitsModel'),
-                                                ('fitnet_edsr_x2.yml', 'KDFeatureModel')], ids=['logits', 'fitnet'])
-def test_copied_files_train_with_the_forks_train_py(fork, demo_root, tmp_path, option, model_type):
+                                                ('fitnet_edsr_x2.yml', 'KDFeatureModel'),
+                                                ('facd_edsr_x2.yml', 'KDFACDModel'),
+                                                ('slkd_restormer_derain.yml', 'KDSLKDModel'),
+                                                ('dckd_star_swinir_x4.yml', 'KDDCKDModel'),
+                                                ('mtkd_edsr_x2.yml', 'KDMTKDModel'),
+                                                ('skd_restormer_derain.yml', 'KDSKDModel')],
+                         ids=['logits', 'fitnet', 'facd', 'slkd', 'dckd', 'mtkd', 'skd'])
+def test_copied_files_train_with_the_forks_train_py(fork, demo_root, restoration_root, tmp_path, option, model_type):
     name = f'fork_{option.split("_")[0]}'
-    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), name)
+    opt = load_option(os.path.join(OPTIONS, option))
+    opt = shrink_option(opt, restoration_root if opt['scale'] == 1 else demo_root, str(tmp_path), name)
     with open(tmp_path / 'fork.yml', 'w') as f:
         yaml.safe_dump(opt, f)
     result = run_in(fork, 'basicsr/train.py', '-opt', str(tmp_path / 'fork.yml'))

@@ -310,7 +310,7 @@ def test_each_trained_sr_student_is_evaluated_as_the_papers_do(path):
 
 @pytest.mark.parametrize('task, sets, y_channel', [
     ('deblur', ['GoPro', 'HIDE'], False),
-    ('derain', ['Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200'], True),
+    ('derain', ['Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200', 'Rain1400'], True),
     ('denoise', ['SIDD'], False),
 ])
 def test_each_trained_restoration_student_is_evaluated_as_the_papers_do(task, sets, y_channel):

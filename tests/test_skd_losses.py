@@ -285,9 +285,10 @@ def test_contrastive_loss_refuses_mismatched_layers():
 
 
 # -------------------------------------------------------------------------------------------------- projector
-def projector():
+def projector(teacher_side='trainable'):
     torch.manual_seed(0)
-    return ARCH_REGISTRY.get('KDFeatureProjector')(student_channels=[4, 6], teacher_channels=[8, 5], dim=3)
+    return ARCH_REGISTRY.get('KDFeatureProjector')(
+        student_channels=[4, 6], teacher_channels=[8, 5], dim=3, teacher_side=teacher_side)
 
 
 def test_projector_maps_both_sides_to_dim_and_the_gk_loss_trains_both():

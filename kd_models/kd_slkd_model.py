@@ -1,0 +1,133 @@
+"""SLKD: a student taught by teacher A on the degraded image and teacher B on the clean image (slkd.txt, Eq. 6)."""
+from collections import OrderedDict
+
+from basicsr.losses import build_loss
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from .kd_base_model import KDBaseModel
+from .kd_token_maps import tokens_to_maps
+
+# (loss option, Scale Conversion Module, teacher, what it sees) of the two feature-level strategies
+STRATEGIES = (('naturalness_opt', 'scm_e', 't1', 'encoder'), ('edge_texture_opt', 'scm_d', 't2', 'decoder'))
+SLKD_TRAIN_KEYS = ('kl_opt', 'naturalness_opt', 'edge_texture_opt')
+KNOWN_LOSS_KEYS = ('pixel_opt', 'perceptual_opt', *SLKD_TRAIN_KEYS)
+
+
+@MODEL_REGISTRY.register()
+class KDSLKDModel(KDBaseModel):
+    """Simultaneous Learning KD (Zhang & Yan, "Knowledge Distillation for Image Restoration: Simultaneous Learning
+    from Degraded and Clean Images", Sec. II, Eq. 6)::
+
+        L = L_pixel + α₁·L_KL + α₂·L_NC + α₂'·L_ET
+
+    - ``network_t1``, teacher A, is fed the degraded input (``train.teacher_inputs.t1: lq``); ``network_t2``,
+      teacher B, the clean image (``t2: gt``; ``t2: lq`` is the "source: rainy" row of Tab. IV). B is by default
+      the same pretrained network as A (the option file loads the same file twice).
+    - L_pixel (Eq. 5): ``train.pixel_opt`` (L1Loss) to teacher B's output (``pixel_target``).
+    - L_KL (Eq. 4): ``train.kl_opt`` (KDImageKLLoss, ``loss_weight`` α₁) between the student's and teacher A's
+      outputs.
+    - L_NC (Eq. 2, DRL): ``train.naturalness_opt`` (KDNaturalnessLoss, α₂) on the encoder levels of the student
+      and teacher A, mapped into one space by the trainable ``network_scm_e`` (KDScaleConversion).
+    - L_ET (Eq. 3, IRL): ``train.edge_texture_opt`` (KDEdgeTextureLoss, α₂) on the decoder levels of the student and
+      teacher B, mapped by ``network_scm_d``.
+
+    Each term is optional (Tab. IV's ablations): leave out its option (and, for L_NC / L_ET, its SCM and its taps).
+    ``train.feature_taps``: ``network_t1`` lists the encoder levels, ``network_t2`` the decoder levels, and
+    ``network_g`` the student's encoder levels (paired in order with ``network_t1``'s) followed by its decoder levels
+    (paired with ``network_t2``'s). Token outputs (B, H*W, C) (Uformer) become square NCHW maps
+    (:func:`kd_models.kd_token_maps.tokens_to_map`). Overrides ``init_training_settings`` (checks),
+    ``pixel_target`` and ``compute_losses``.
+
+    Example (Restormer, deraining; options/slkd_restormer_derain.yml)::
+
+        model_type: KDSLKDModel
+        network_scm_e: {type: KDScaleConversion, student_channels: [24, 48, 96], teacher_channels: [48, 96, 192]}
+        network_scm_d: {type: KDScaleConversion, student_channels: [96, 48, 48], teacher_channels: [192, 96, 96]}
+        train:
+          teacher_inputs: {t1: lq, t2: gt}
+          feature_taps:
+            network_g: [encoder_level1, encoder_level2, encoder_level3, decoder_level3, decoder_level2, decoder_level1]
+            network_t1: [encoder_level1, encoder_level2, encoder_level3]
+            network_t2: [decoder_level3, decoder_level2, decoder_level1]
+          pixel_opt: {type: L1Loss, loss_weight: 1.0}
+          kl_opt: {type: KDImageKLLoss, loss_weight: 0.5}
+          naturalness_opt: {type: KDNaturalnessLoss, loss_weight: 0.1}
+          edge_texture_opt: {type: KDEdgeTextureLoss, loss_weight: 0.1}
+    """
+
+    helper_networks = ('scm_e', 'scm_d')
+
+    def init_training_settings(self):
+        if sorted(self.teacher_names()) != ['t1', 't2']:
+            raise ValueError(f'KDSLKDModel needs two teachers, network_t1 (teacher A) and network_t2 (teacher B); '
+                             f'got {["network_" + name for name in self.teacher_names()]}')
+        self.check_strategies()
+        super().init_training_settings()
+        train_opt = self.opt['train']
+        self.cri_kl = build_loss(train_opt['kl_opt']).to(self.device) if train_opt.get('kl_opt') else None
+        self.cri_levels = OrderedDict((loss_key, build_loss(train_opt[loss_key]).to(self.device))
+                                      for loss_key, *_ in STRATEGIES if train_opt.get(loss_key))
+        self.check_taps()
+
+    def check_strategies(self):
+        """Each feature-level loss comes with its SCM and its teacher's taps, and neither comes without the loss (an
+        SCM no loss uses would take no gradient, which DDP refuses)."""
+        train_opt = self.opt['train']
+        unknown = [key for key in train_opt if key.endswith('_opt') and key not in KNOWN_LOSS_KEYS]
+        if unknown:
+            raise ValueError(f'KDSLKDModel does not read train.{unknown}; its losses are ' +
+                             ', '.join(f'train.{key}' for key in KNOWN_LOSS_KEYS))
+        taps = train_opt.get('feature_taps') or {}
+        for loss_key, scm, teacher, levels in STRATEGIES:
+            has_loss, has_scm = bool(train_opt.get(loss_key)), f'network_{scm}' in self.opt
+            has_taps = bool(taps.get(f'network_{teacher}'))
+            if has_loss and not (has_scm and has_taps):
+                raise ValueError(f'train.{loss_key} is set: it needs network_{scm} (KDScaleConversion) and '
+                                 f'train.feature_taps.network_{teacher} (the {levels} levels)')
+            if not has_loss and (has_scm or has_taps):
+                raise ValueError(f'train.{loss_key} is not set: remove network_{scm} and '
+                                 f'train.feature_taps.network_{teacher} too (the {levels} levels are unused)')
+        if not any(train_opt.get(key) for key in ('pixel_opt', *SLKD_TRAIN_KEYS)):
+            raise ValueError('KDSLKDModel: set at least one of train.pixel_opt, ' +
+                             ', '.join(f'train.{key}' for key in SLKD_TRAIN_KEYS))
+
+    def check_taps(self):
+        """The student taps its encoder levels then its decoder levels, as many as teacher A and B tap."""
+        expected = sum(len(self.taps[teacher].paths) for _, _, teacher, _ in STRATEGIES if teacher in self.taps)
+        student = len(self.taps['g'].paths) if 'g' in self.taps else 0
+        if student != expected:
+            raise ValueError(f'train.feature_taps.network_g has {student} paths, but network_t1 and network_t2 tap '
+                             f'{expected} levels together: list the student\'s encoder levels (paired with '
+                             'network_t1\'s) then its decoder levels (paired with network_t2\'s)')
+
+    def pixel_target(self):
+        """Eq. 5: L_pixel is to teacher B's restoration TB_r."""
+        return self.teacher_outputs['t2']
+
+    def level_features(self):
+        """{teacher name: (the student's levels, that teacher's levels)}, as NCHW maps, in the configured order."""
+        student = tokens_to_maps(self.taps['g'].outputs())
+        pairs, start = {}, 0
+        for _, _, teacher, _ in STRATEGIES:
+            if teacher in self.taps:
+                count = len(self.taps[teacher].paths)
+                pairs[teacher] = (student[start:start + count], tokens_to_maps(self.taps[teacher].outputs()))
+                start += count
+        return pairs
+
+    def compute_losses(self, current_iter):
+        losses = super().compute_losses(current_iter)  # l_pix: Eq. 5, to pixel_target()
+        if self.cri_kl is not None:
+            losses['l_kl'] = self.cri_kl(self.output, self.teacher_outputs['t1'])  # Eq. 4
+        pairs = self.level_features()
+        for loss_key, scm, teacher, _ in STRATEGIES:
+            if loss_key in self.cri_levels:
+                try:
+                    unified_student, unified_teacher = self.helpers[scm](*pairs[teacher])
+                except ValueError as error:
+                    raise ValueError(f'network_{scm} does not fit the tapped levels (train.feature_taps): {error}. '
+                                     f'Set network_{scm}.student_channels / teacher_channels to the channels of '
+                                     'the student\'s and the teacher\'s levels') from None
+                name = 'l_nc' if loss_key == 'naturalness_opt' else 'l_et'
+                losses[name] = self.cri_levels[loss_key](unified_student, unified_teacher)  # Eq. 2 / Eq. 3
+        return losses
