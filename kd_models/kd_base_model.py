@@ -461,9 +461,9 @@ class KDBaseModel(SRModel):
         if type(self).frozen_target is KDBaseModel.frozen_target:
             raise ValueError(f'{self.opt["model_type"]} cannot take its targets from a cache (train.teacher_cache): '
                              'its frozen forwards need more than the LQ input')
-        if self.opt['train'].get('label_consistency'):
-            raise ValueError('train.teacher_cache cannot serve train.label_consistency: it needs a teacher forward on '
-                             'a transformed input at every step')
+        if self.opt['train'].get('label_consistency_opt'):
+            raise ValueError('train.teacher_cache cannot serve train.label_consistency_opt: it needs a teacher forward '
+                             'on a transformed input at every step')
         train_set = self.opt['datasets']['train']
         if train_set.get('type') != 'KDCachedTargetDataset' or train_set.get('dataroot_target') != folder:
             raise ValueError(f'train.teacher_cache = {folder} needs datasets.train.type: KDCachedTargetDataset with '

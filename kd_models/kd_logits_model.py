@@ -37,7 +37,7 @@ class KDLogitsModel(KDBaseModel):
     """
 
     requires_kd_opt = True
-    option_keys = {'train': {'kd_opt': 'loss'}}
+    option_keys = {'train': {'kd_opt': 'loss', 'label_consistency_opt': None}}  # the latter: a loss dict + prob
 
     def init_training_settings(self):
         super().init_training_settings()

@@ -168,3 +168,30 @@ def test_two_cpu_ranks_train_from_the_cache(cache, tmp_path):
     final = [torch.load(root / f'iter-1_rank{r}.pth', weights_only=True) for r in range(2)]
     assert final[0]['seen_lq'] != final[1]['seen_lq']
     assert not differing_tensors(final[0]['g'], final[1]['g'])
+
+
+@pytest.mark.parametrize('option', ['mtkd_edsr_x2.yml', 'dckd_rcan_x2.yml'])
+def test_mtkd_stage_two_and_dckd_take_their_target_from_the_cache(option, demo_root, tmp_path):
+    """MTKD stage 2: the cache holds I_MT, and neither the teachers nor the aggregator run; DCKD: the cache holds the
+    positive (the teacher's output), and the teacher does not run (the history model and the VQGAN still do)."""
+    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), 'cached')
+    model = build_model_from(opt, str(tmp_path / 'plain'))
+    lq = random_batch()['lq']
+    with torch.no_grad():
+        expected = model.frozen_target(lq)
+    (tmp_path / 'targets').mkdir()
+    (tmp_path / 'targets' / CACHE_MANIFEST).write_text(json.dumps(model.cache_manifest()))
+    cached = build_model_from(cached_opt(opt, tmp_path / 'targets'), str(tmp_path / 'exp'))
+    frozen = {**cached.teachers, **({'agg': cached.frozen['agg']} if 'agg' in cached.frozen else {})}
+    calls = []
+    for net in frozen.values():
+        net.register_forward_hook(lambda *args: calls.append(1))
+    batch = dict(random_batch(), target=expected)
+    cached.feed_data(batch)
+    term, loss = ('l_dis', cached.cri_dis) if 'agg' in frozen else ('l_kd', cached.cri_kd)
+    with torch.no_grad():
+        value = loss(cached.net_g(batch['lq']), expected).item()
+    cached.optimize_parameters(1)
+    assert calls == []
+    assert cached.log_dict[term] == pytest.approx(value, rel=1e-5)
+    assert not any(name in frozen for name, _ in cached.floor_forwards())
