@@ -7,20 +7,22 @@ from PIL import Image
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from .option_keys import check_option_keys
 from .registration import plugin_names
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy')
 
 
-def check_option_file(opt_path):
-    """Parse ``opt_path``, check its types and data folders; raise KeyError/ValueError/FileNotFoundError naming the
-    option."""
+def check_option_file(opt_path, data=True):
+    """Parse ``opt_path``, check its types, its keys and (``data``) its data folders; raise KeyError/ValueError/
+    FileNotFoundError naming the option."""
     if not os.path.isfile(opt_path):
         raise FileNotFoundError(f'-opt {opt_path}: no such option file')
     with open(opt_path) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
     check_registered_types(opt)
-    for phase, dataset_opt in (opt.get('datasets') or {}).items():
+    check_option_keys(opt, opt_path)
+    for phase, dataset_opt in (opt.get('datasets') or {}).items() if data else ():
         check_dataset_folders(dataset_opt, f'datasets.{phase}')
         check_disk_patch_size(dataset_opt, f'datasets.{phase}')
 
@@ -100,3 +102,29 @@ def check_disk_patch_size(dataset_opt, where):
     if gt_size and folder and (dataset_opt.get('io_backend') or {}).get('type', 'disk') == 'disk':
         check_patch_size([(name, image_size(os.path.join(folder, name))) for name in image_names(folder)], gt_size,
                          where)
+
+
+def main(argv=None):
+    """``python -m basicsr_kd.preflight options/a.yml [...] [--data]``: the checks train.py runs before it starts
+    (types and keys; data folders with --data), one line per file; exit status 1 if any fails."""
+    import argparse
+    import sys
+    from .registration import register_plugin
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument('files', nargs='+')
+    parser.add_argument('--data', action='store_true', help='also check the data folders and patch sizes')
+    args = parser.parse_args(argv)
+    register_plugin()
+    failed = 0
+    for path in args.files:
+        try:
+            check_option_file(path, data=args.data)
+            print(f'ok    {path}')
+        except (KeyError, ValueError, FileNotFoundError) as error:
+            failed += 1
+            print(f'FAIL  {path}: {error.args[0] if error.args else error}')
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__':
+    main()

@@ -90,6 +90,18 @@ def training_opt(opt, workdir, device, amp):
     return opt
 
 
+def cached_training_opt(opt, workdir, build_model):
+    """``opt`` taking its targets from a cache (``train.teacher_cache``) whose manifest is made for it in ``workdir``
+    (the targets themselves come with the synthetic batch)."""
+    opt = copy.deepcopy(opt)
+    opt['datasets'] = {'train': {'type': 'KDCachedTargetDataset', 'dataroot_lq': workdir, 'dataroot_target': workdir}}
+    manifest = build_model(copy.deepcopy(opt)).cache_manifest()
+    with open(os.path.join(workdir, 'manifest.json'), 'w') as f:
+        json.dump(manifest, f)
+    opt['train']['teacher_cache'] = workdir
+    return opt
+
+
 def plain_opt(opt):
     """The same student, batch and patch with SRModel and L1 to GT."""
     keep = ('name', 'scale', 'num_gpu', 'manual_seed', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume', 'network_g')
@@ -125,6 +137,9 @@ def measure(option, args):
         plain.feed_data(batch)
         plain_times = timed(lambda: plain.optimize_parameters(1), args.device, args.steps, args.warmup)
         del plain
+        if args.cached:
+            opt = cached_training_opt(opt, workdir, build_model)
+            batch['target'] = torch.rand(batch['gt'].shape, generator=generator)
         model = build_model(opt)
     model.feed_data(batch)
     kd_times = timed(lambda: model.optimize_parameters(1), args.device, args.steps, args.warmup)
@@ -136,7 +151,8 @@ def measure(option, args):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return summarize(option, opt['model_type'], kd_times, plain_times, frozen, peak)
+    return summarize(option + (' (cache)' if args.cached else ''), opt['model_type'], kd_times, plain_times, frozen,
+                     peak)
 
 
 def main():
@@ -150,16 +166,19 @@ def main():
     parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='frozen forwards under autocast (CUDA)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
     parser.add_argument('--out', default='benchmark_results', help='folder for kd_step.csv and kd_step.json')
+    parser.add_argument('--cache', action='store_true', help='also measure each option with train.teacher_cache')
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--cached', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.options[0], args)))
         return
     rows = []
-    for option in args.options:
-        print(f'measuring {option} ...', flush=True)
+    for option, cached in [(o, c) for o in args.options for c in ((False, True) if args.cache else (False, ))]:
+        print(f'measuring {option}{" with the cache" if cached else ""} ...', flush=True)
         command = [sys.executable, os.path.abspath(__file__), option, '--child'] + [
-            f'--{k}={v}' for k, v in vars(args).items() if k not in ('options', 'child', 'out') and v is not None]
+            f'--{k}={v}' for k, v in vars(args).items()
+            if k not in ('options', 'child', 'out', 'cache', 'cached') and v is not None] + (['--cached'] if cached else [])
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f'{option} failed:\n{result.stderr[-3000:]}')

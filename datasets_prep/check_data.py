@@ -25,7 +25,9 @@ from tqdm import tqdm
 import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.utils.options import ordered_yaml
 from datasets_prep.common import OFFICIAL_COUNTS, check_count, image_size, make_parser, run
+from basicsr_kd.option_keys import check_option_keys
 from basicsr_kd.preflight import check_dataset_folders, check_patch_size, image_names
+from basicsr_kd.registration import register_plugin
 
 # dataset ``name`` of a validation/test entry -> key of OFFICIAL_COUNTS
 TEST_SETS = {name: name for name in ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109', 'HIDE', 'Rain100H', 'Rain100L',
@@ -127,6 +129,8 @@ def check_option(opt_path, expect=True):
         raise FileNotFoundError(f'-opt {opt_path}: no such option file')
     with open(opt_path) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
+    register_plugin()
+    check_option_keys(opt, opt_path)  # what train.py checks before anything else
     datasets = opt.get('datasets') or {}
     if not datasets:
         raise ValueError(f'{opt_path}: no datasets')

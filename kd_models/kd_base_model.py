@@ -2,6 +2,7 @@
 the hooks a method needs (per-teacher inputs, extra training state, a step hook, frozen encoders fed the student)."""
 import difflib
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -121,6 +122,9 @@ class KDBaseModel(SRModel):
     - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only).
     - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default);
       ``train.perceptual_opt`` (optional): BasicSR's PerceptualLoss to the same target.
+    - ``train.teacher_cache``: a folder of ``datasets_prep/cache_teacher_outputs.py``: the frozen target comes with
+      each batch (``KDCachedTargetDataset``) instead of from the frozen forwards, for the methods whose
+      ``frozen_target`` needs nothing but the LQ input (its manifest must match the options, checked before step 1).
 
     Hooks for a method (each has a default):
 
@@ -149,6 +153,9 @@ class KDBaseModel(SRModel):
     frozen_networks = ()
     frozen_copies = ()
     helper_networks = ()
+    # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py; 'loss': a loss dict)
+    option_keys = {'train': {'teacher_inputs': None, 'feature_taps': None, 'teacher_autocast': None,
+                             'teacher_cache': None}}
 
     def __init__(self, opt):
         self.check_not_data_parallel(opt)  # before SRModel wraps the student
@@ -165,6 +172,7 @@ class KDBaseModel(SRModel):
         self.frozen.update((name, self.build_frozen_copy(name)) for name in self.frozen_copies)
         self.helpers = OrderedDict((name, self.build_helper_network(name)) for name in self.helper_names())
         self.taps = self.build_feature_taps()
+        self.teacher_cache = self.check_teacher_cache()
         autocast = self.opt['train'].get('teacher_autocast')
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f'train.teacher_autocast = {autocast}: use one of {list(AUTOCAST_DTYPES)} or ~')
@@ -393,7 +401,10 @@ class KDBaseModel(SRModel):
 
     def forward_teachers(self):
         """Run every teacher on its views in one batched forward each. Sets ``teacher_view_outputs`` {name: [one
-        output per view]} and returns {name: output of its first view}, all float32."""
+        output per view]} and returns {name: output of its first view}, all float32. With ``train.teacher_cache``:
+        no forward; {first teacher: the cached target} (a method whose target is not a teacher's output overrides)."""
+        if self.teacher_cache:
+            return OrderedDict([(next(iter(self.teachers)), self.cached_target)])
         self.teacher_view_outputs = OrderedDict()
         with self.frozen_context():
             for name, net in self.teachers.items():
@@ -419,7 +430,64 @@ class KDBaseModel(SRModel):
     def floor_forwards(self):
         """[(frozen network name, input)]: the frozen forwards one step of the method needs at least, which
         ``benchmarks/kd_step.py`` times (under no_grad) for the step's floor. Default: each teacher on its views."""
+        if self.teacher_cache:
+            return []
         return [(name, torch.cat(self.teacher_views(name))) for name in self.teachers]
+
+    # ----------------------------------------------------------------------------------------------- target cache
+    def frozen_target(self, lq):
+        """The method's frozen target for an LQ batch, as the cache stores it (``datasets_prep/
+        cache_teacher_outputs.py``). Not defined here: a method whose frozen forwards need more than the LQ input
+        (taps, views, its own output) cannot use a cache."""
+        raise NotImplementedError
+
+    def cache_manifest(self):
+        """What a cache of ``frozen_target`` depends on: the method that defines the target, scale, the frozen
+        networks' options and weights (by digest) and the LQ data."""
+        train_set = self.opt['datasets']['train']
+        return {
+            'target': type(self).frozen_target.__qualname__,
+            'scale': self.opt.get('scale', 1),
+            'frozen': {name: {'network': source['network'], 'param_key': source['param_key'],
+                              'digest': source['digest']} for name, source in self.frozen_sources.items()},
+            'dataroot_lq': os.path.abspath(os.path.expanduser(train_set['dataroot_lq'])),
+        }
+
+    def check_teacher_cache(self):
+        """``train.teacher_cache``: the folder the training set reads its targets from, built for these options."""
+        folder = self.opt['train'].get('teacher_cache')
+        if not folder:
+            return None
+        if type(self).frozen_target is KDBaseModel.frozen_target:
+            raise ValueError(f'{self.opt["model_type"]} cannot take its targets from a cache (train.teacher_cache): '
+                             'its frozen forwards need more than the LQ input')
+        if self.opt['train'].get('label_consistency_opt'):
+            raise ValueError('train.teacher_cache cannot serve train.label_consistency_opt: it needs a teacher forward '
+                             'on a transformed input at every step')
+        train_set = self.opt['datasets']['train']
+        if train_set.get('type') != 'KDCachedTargetDataset' or train_set.get('dataroot_target') != folder:
+            raise ValueError(f'train.teacher_cache = {folder} needs datasets.train.type: KDCachedTargetDataset with '
+                             f'dataroot_target: {folder} (have {train_set.get("type")}, '
+                             f'{train_set.get("dataroot_target")})')
+        path = os.path.join(folder, 'manifest.json')
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'train.teacher_cache = {folder}: no manifest.json; build the cache with python -m '
+                                    'datasets_prep.cache_teacher_outputs -opt <this option file>')
+        with open(path) as f:
+            built = json.load(f)
+        expected = json.loads(json.dumps(self.cache_manifest()))  # tuples as lists, as in the file
+        differing = [key for key in expected if built.get(key) != expected[key]]
+        if differing:
+            details = '; '.join(f'{key}: cache {built.get(key)} != options {expected[key]}' for key in differing)
+            raise ValueError(f'train.teacher_cache = {folder} was built for other options ({details}). Build it again '
+                             'for these options (python -m datasets_prep.cache_teacher_outputs) or use another folder.')
+        return folder
+
+    def feed_data(self, data):
+        """SRModel's, plus the cached target of the batch when ``train.teacher_cache`` is set."""
+        super().feed_data(data)
+        if 'target' in data:
+            self.cached_target = data['target'].to(self.device)
 
     def check_output_shapes(self):
         for name, out in self.teacher_outputs.items():

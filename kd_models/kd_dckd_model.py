@@ -81,6 +81,8 @@ class KDDCKDModel(KDLogitsModel):
 
     frozen_networks = ('vqgan', )
     frozen_copies = ('his', )
+    option_keys = {'train': {'dcl_opt': 'loss', 'ce_opt': 'loss', 'negatives': None,  # KDDegradations checks its keys
+                             'history': {'alpha': None, 'source': None, 'update_schedule': None}}}
 
     def init_training_settings(self):
         train_opt = self.opt['train']

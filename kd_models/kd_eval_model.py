@@ -164,6 +164,8 @@ class KDEvalModel(SRModel):
             psnr: {type: calculate_psnr, crop_border: 4, test_y_channel: true}
     """
 
+    option_keys = {'val': {'tile': None, 'pad_multiple': None}}  # besides BasicSR's (basicsr_kd/option_keys.py)
+
     def __init__(self, opt):
         load_path = opt['path'].get('pretrain_network_g')
         if not load_path or not os.path.isfile(load_path):

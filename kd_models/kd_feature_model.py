@@ -2,6 +2,7 @@
 from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from .kd_base_model import KDBaseModel
 from .kd_logits_model import KDLogitsModel
 
 
@@ -25,6 +26,8 @@ class KDFeatureModel(KDLogitsModel):
     """
 
     requires_kd_opt = False
+    frozen_target = KDBaseModel.frozen_target  # the teacher's taps are needed at every step: no cache
+    option_keys = {'train': {'feature_opt': 'loss'}}
     helper_networks = ('reg', )
 
     def init_training_settings(self):

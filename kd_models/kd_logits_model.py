@@ -37,6 +37,7 @@ class KDLogitsModel(KDBaseModel):
     """
 
     requires_kd_opt = True
+    option_keys = {'train': {'kd_opt': 'loss', 'label_consistency_opt': None}}  # the latter: a loss dict + prob
 
     def init_training_settings(self):
         super().init_training_settings()
@@ -64,6 +65,10 @@ class KDLogitsModel(KDBaseModel):
             return views
         self.lc_ops = draw_label_consistency_ops(views[0], self.lc_prob)
         return [views[0], apply_label_consistency_ops(views[0], self.lc_ops)]
+
+    def frozen_target(self, lq):
+        """The teacher's output: what ``train.teacher_cache`` stores."""
+        return self.run_frozen('t', lq)[0]
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)

@@ -176,6 +176,7 @@ class KDMTKDModel(KDBaseModel):
     """
 
     frozen_networks = ('agg', )
+    option_keys = {'train': {'distill_opt': 'loss'}}
 
     def init_training_settings(self):
         agg_scale = self.opt.get('network_agg', {}).get('scale')
@@ -206,8 +207,20 @@ class KDMTKDModel(KDBaseModel):
                 'The aggregator learned which input channels come from which teacher: configure the same teachers '
                 '(network options and weights) in the same order as its stage-1 run.')
 
+    def frozen_target(self, lq):
+        """I_MT, the aggregator's output on the teachers' outputs for ``lq`` (each teacher's input padded to its
+        window, as in validation): what ``train.teacher_cache`` stores."""
+        with self.frozen_context():
+            outputs = [forward_padded(teacher, lq, self.opt[f'network_{name}'].get('window_size') or 1,
+                                      self.opt['scale']).float() for name, teacher in self.teachers.items()]
+            return self.frozen['agg'](torch.cat(outputs, dim=1)).float()
+
     def forward_teachers(self):
-        """The teachers and the aggregator in one no_grad block; the aggregator's output is ``self.aggregated``."""
+        """The teachers and the aggregator in one no_grad block; the aggregator's output is ``self.aggregated``
+        (with ``train.teacher_cache``: the cached I_MT, and no forward)."""
+        if self.teacher_cache:
+            self.aggregated = self.cached_target
+            return OrderedDict()
         with self.frozen_context():
             outputs = super().forward_teachers()
             self.aggregated = self.frozen['agg'](torch.cat(list(outputs.values()), dim=1)).float()
@@ -219,7 +232,9 @@ class KDMTKDModel(KDBaseModel):
         return losses
 
     def floor_forwards(self):
-        """The teachers on the LQ batch, then the aggregator on their outputs."""
+        """The teachers on the LQ batch, then the aggregator on their outputs (none with a cache)."""
+        if self.teacher_cache:
+            return []
         teacher_outputs = self.forward_teachers()
         return super().floor_forwards() + [('agg', torch.cat(list(teacher_outputs.values()), dim=1))]
 

@@ -57,6 +57,7 @@ class KDSKDModel(KDBaseModel):
     """
 
     helper_networks = ('proj', )
+    option_keys = {'train': {'feature_opt': 'loss', 'contrastive_opt': 'loss', 'pixel_range': None}}
 
     def init_training_settings(self):
         train_opt = self.opt['train']

@@ -56,6 +56,7 @@ class KDSLKDModel(KDBaseModel):
     """
 
     helper_networks = ('scm_e', 'scm_d')
+    option_keys = {'train': {'naturalness_opt': 'loss', 'edge_texture_opt': 'loss', 'kl_opt': 'loss'}}
 
     def init_training_settings(self):
         if sorted(self.teacher_names()) != ['t1', 't2']:

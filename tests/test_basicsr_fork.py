@@ -1,11 +1,12 @@
-"""Our ``*_arch.py``, ``*_model.py`` and ``*_loss.py`` files, copied into a BasicSR 1.4.2 tree, register there and
-train Logits KD (and FitNet, which needs the copied regressor and hint loss) with that tree's own
-``basicsr/train.py``, with neither our packages nor our compatibility fixes on the path.
+"""Our ``kd_*.py`` files, copied into a BasicSR 1.4.2 tree as the README says (archs, losses, models; datasets into
+``basicsr/data``), register there and train Logits KD (and FitNet, which needs the copied regressor and hint loss)
+with that tree's own ``basicsr/train.py``, with neither our packages nor our compatibility fixes on the path.
 
 The copied tree gets the one-line torchvision fix every BasicSR 1.4.2 tree needs with torchvision >= 0.17: import
 ``rgb_to_grayscale`` from ``torchvision.transforms.functional`` in ``basicsr/data/degradations.py``, as BasicSR's
 own master does.
 """
+import ast
 import glob
 import os
 import shutil
@@ -32,8 +33,9 @@ def fork(tmp_path_factory):
         files = glob.glob(os.path.join(ROOT, package, pattern))
         assert files, f'{package}/{pattern}'
         for path in files:
-            assert not (root / 'basicsr' / folder / os.path.basename(path)).exists(), 'never overwrite upstream files'
-            shutil.copy(path, root / 'basicsr' / folder)
+            target = root / 'basicsr' / ('data' if path.endswith('_dataset.py') else folder)
+            assert not (target / os.path.basename(path)).exists(), 'never overwrite upstream files'
+            shutil.copy(path, target)
     degradations = root / 'basicsr' / 'data' / 'degradations.py'
     source = degradations.read_text()
     assert source.count(OLD_IMPORT) == 1
@@ -76,3 +78,17 @@ def test_copied_files_train_with_the_forks_train_py(fork, demo_root, restoration
     assert f'Model [{model_type}] is created.' in result.stdout + result.stderr
     assert sorted(training_steps(result)) == [1, 2]
     assert (fork / 'experiments' / name / 'models' / 'net_g_latest.pth').is_file()
+
+
+def test_every_copied_class_registers_in_the_fork(fork):
+    probe = ('import basicsr.archs, basicsr.data, basicsr.losses, basicsr.models; from basicsr.utils.registry import '
+             'ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY; print(sorted(name for registry in '
+             '(ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY) for name, _ in registry '
+             'if name.startswith("KD")))')
+    result = run_in(fork, '-c', probe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    registered = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+    ours = {name for registry in (ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY)
+            for name, obj in registry if name.startswith('KD') and obj.__module__.split('.')[0].startswith('kd_')}
+    assert ours and ours <= registered, sorted(ours - registered)
