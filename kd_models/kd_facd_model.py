@@ -44,6 +44,8 @@ class KDFACDModel(KDBaseModel):
     """
 
     helper_networks = ('reg', )
+    option_keys = {'train': {'facd': {'adaptive_image': None, 'adaptive_feature': None}, 'image_opt': 'loss',
+                             'feature_opt': 'loss'}}
 
     def init_training_settings(self):
         self.check_batch_size()
