@@ -187,6 +187,33 @@ def shrunk_logits_opt(demo_root, tmp_path):
 TRAINING_STEP = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
 
 
+def interrupted_and_resumed(opt, cwd, stop=2, total=3, script=RECORDING_TRAIN):
+    """Train ``opt`` (a ``KDRecording*`` model type) for ``stop`` iterations, saving there, then go on to ``total``
+    with ``--auto_resume``. Returns (the ``.state`` saved at ``stop``, what the resumed run held right after
+    ``resume_training``, the networks recorded at ``stop``, the resumed run)."""
+    opt = copy.deepcopy(opt)
+    opt['train']['total_iter'], opt['logger']['save_checkpoint_freq'] = stop, stop
+    assert sorted(training_steps(run_train(opt, cwd, script=script))) == list(range(1, stop + 1))
+    opt['train']['total_iter'] = total
+    result = run_train(opt, cwd, '--auto_resume', script=script)
+    assert f'Resuming training from epoch: 0, iter: {stop}.' in result.stdout + result.stderr
+    assert sorted(training_steps(result)) == list(range(stop + 1, total + 1))
+    root = os.path.join(cwd, 'experiments', opt['name'])
+    return (torch.load(os.path.join(root, 'training_states', f'{stop}.state'), weights_only=False),
+            torch.load(os.path.join(root, 'resumed_rank0.pth'), weights_only=False),
+            torch.load(os.path.join(root, f'iter{stop}_rank0.pth'), weights_only=True), result)
+
+
+def assert_optimisers_resumed(saved, resumed):
+    """The optimisers' groups and moments and the schedulers a resumed run holds equal those saved."""
+    assert len(saved['optimizers']) == len(resumed['optimizers']) and saved['schedulers'] == resumed['schedulers']
+    for stored, loaded in zip(saved['optimizers'], resumed['optimizers']):
+        assert loaded['param_groups'] == stored['param_groups']
+        assert loaded['state'].keys() == stored['state'].keys() and len(stored['state']) > 0
+        for index, moments in stored['state'].items():
+            assert not differing_tensors(loaded['state'][index], moments)
+
+
 def training_steps(result):
     """{iteration: [learning rates]} of the training-step lines BasicSR logged in a ``run_train`` result."""
     steps = TRAINING_STEP.findall(result.stdout + result.stderr)

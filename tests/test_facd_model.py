@@ -14,8 +14,9 @@ import os
 import pytest
 import torch
 
-from conftest import (OPTIONS, RECORDING_TRAIN, build_model_from, differing_tensors, load_option, random_batch,
-                      run_train, same_tensors, save_random_weights, shrink_option, snapshot, training_steps)
+from conftest import (OPTIONS, RECORDING_TRAIN, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      interrupted_and_resumed, load_option, random_batch, run_train, same_tensors, save_random_weights,
+                      shrink_option, snapshot, training_steps)
 from test_facd_losses import facd_by_loops, mae_by_loop
 from test_feature_model import edsr_features
 
@@ -180,25 +181,10 @@ def test_two_cpu_ranks_hold_identical_students_and_regressors(demo_root, tmp_pat
 def test_auto_resume_restores_the_regressors_student_and_optimiser(demo_root, tmp_path):
     opt = facd_opt(demo_root, tmp_path, option='fcd_edsr_x2.yml', name='resume')  # FCD: the regressor always trains
     opt['model_type'] = 'KDRecordingFACDModel'
-    opt['logger']['save_checkpoint_freq'] = 2
-    assert sorted(training_steps(run_train(opt, str(tmp_path), script=RECORDING_TRAIN))) == [1, 2]
-    longer = copy.deepcopy(opt)
-    longer['train']['total_iter'] = 3
-    resumed_run = run_train(longer, str(tmp_path), '--auto_resume', script=RECORDING_TRAIN)
-    assert 'Resuming training from epoch: 0, iter: 2.' in resumed_run.stdout + resumed_run.stderr
-    assert sorted(training_steps(resumed_run)) == [3]
-
-    root = tmp_path / 'experiments' / 'resume'
-    saved = torch.load(root / 'training_states' / '2.state', weights_only=False)
-    resumed = torch.load(root / 'resumed_rank0.pth', weights_only=False)
-    at_iter_2 = torch.load(root / 'iter2_rank0.pth', weights_only=True)
+    saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     for name in ('g', 'reg'):
         assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
-    stored, loaded = saved['optimizers'][0], resumed['optimizers'][0]
-    assert len(stored['param_groups']) == 2  # the student's group and the regressor's
-    assert loaded['param_groups'] == stored['param_groups'] and loaded['state'].keys() == stored['state'].keys()
-    for index, moments in stored['state'].items():
-        assert moments['step'].item() == 2 and not differing_tensors(loaded['state'][index], moments)
-    assert resumed['schedulers'] == saved['schedulers']
-    reg_at_3 = torch.load(root / 'models' / 'net_reg_latest.pth', weights_only=True)['params']
-    assert differing_tensors(reg_at_3, at_iter_2['reg'])  # and it trains on after the resume
+    assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the regressor's
+    assert_optimisers_resumed(saved, resumed)
+    reg_at_3 = torch.load(tmp_path / 'experiments' / 'resume' / 'models' / 'net_reg_latest.pth', weights_only=True)
+    assert differing_tensors(reg_at_3['params'], at_iter_2['reg'])  # and it trains on after the resume

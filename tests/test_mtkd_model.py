@@ -12,8 +12,9 @@ from basicsr.metrics import calculate_psnr
 from basicsr.utils import tensor2img
 
 import kd_archs, kd_losses  # noqa: F401, E401
-from conftest import (OPTIONS, RECORDING_TRAIN, build_model_from, differing_tensors, load_option, random_batch,
-                      run_train, same_tensors, shrink_option, snapshot, training_steps)
+from conftest import (OPTIONS, RECORDING_TRAIN, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      interrupted_and_resumed, load_option, random_batch, run_train, same_tensors, shrink_option,
+                      snapshot, training_steps)
 
 
 def tiny(option, scale=2):
@@ -245,22 +246,9 @@ def test_stage2_auto_resume_restores_student_optimiser_and_frozen_networks(demo_
     opt = shrink_option(tiny('mtkd_edsr_x2.yml'), demo_root, str(tmp_path), 'resume')
     opt['model_type'] = 'KDRecordingMTKDModel'
     opt.pop('val')
-    opt['logger']['save_checkpoint_freq'] = 2
-    run_train(opt, str(tmp_path), script=RECORDING_TRAIN)
-    longer = copy.deepcopy(opt)
-    longer['train']['total_iter'] = 3
-    result = run_train(longer, str(tmp_path), '--auto_resume', script=RECORDING_TRAIN)
-    assert 'Resuming training from epoch: 0, iter: 2.' in result.stdout + result.stderr
-    assert sorted(training_steps(result)) == [3]
-
-    root = tmp_path / 'experiments' / 'resume'
-    saved = torch.load(root / 'training_states' / '2.state', weights_only=False)
-    resumed = torch.load(root / 'resumed_rank0.pth', weights_only=False)
-    at_2 = torch.load(root / 'iter2_rank0.pth', weights_only=True)
+    saved, resumed, at_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     assert not differing_tensors(resumed['networks']['g'], at_2['g'])
-    for index, moments in saved['optimizers'][0]['state'].items():
-        assert not differing_tensors(resumed['optimizers'][0]['state'][index], moments)
-    assert resumed['schedulers'] == saved['schedulers']
+    assert_optimisers_resumed(saved, resumed)
     assert set(saved['kd']['frozen_sources']) == {'t1', 't2', 't3', 'agg'}
     for name in ('t1', 't2', 't3'):
         teacher = torch.load(opt['path'][f'pretrain_network_{name}'], weights_only=True)['params']

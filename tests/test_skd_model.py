@@ -7,8 +7,9 @@ import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
-from conftest import (OPTIONS, RECORDING_TRAIN, build_model_from, differing_tensors, load_option, random_batch,
-                      run_train, same_tensors, shrink_option, snapshot, training_steps)
+from conftest import (OPTIONS, RECORDING_TRAIN, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      interrupted_and_resumed, load_option, random_batch, run_train, same_tensors, shrink_option,
+                      snapshot)
 from kd_models.kd_token_maps import tokens_to_map
 
 VGG_LAYERS = ['relu1_1', 'relu2_1']
@@ -248,24 +249,13 @@ def test_auto_resume_restores_student_projector_and_optimiser(restoration_root, 
     opt = skd_opt(tmp_path, restoration_root)
     opt['model_type'] = 'KDRecordingSKDModel'
     opt.pop('val')
-    opt['logger']['save_checkpoint_freq'] = 2
-    assert sorted(training_steps(run_train(opt, str(tmp_path), script=RECORDING_TRAIN))) == [1, 2]
-    longer = copy.deepcopy(opt)
-    longer['train']['total_iter'] = 3
-    result = run_train(longer, str(tmp_path), '--auto_resume', script=RECORDING_TRAIN)
-    assert 'Resuming training from epoch: 0, iter: 2.' in result.stdout + result.stderr
-    root = tmp_path / 'experiments' / 'skd'
-    saved = torch.load(root / 'training_states' / '2.state', weights_only=False)
-    resumed = torch.load(root / 'resumed_rank0.pth', weights_only=False)
-    at_2 = torch.load(root / 'iter2_rank0.pth', weights_only=True)
+    saved, resumed, at_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     for name in ('g', 'proj'):
         assert not differing_tensors(resumed['networks'][name], at_2[name]), f'net_{name} did not resume'
-    stored, loaded = saved['optimizers'][0], resumed['optimizers'][0]
-    assert loaded['param_groups'] == stored['param_groups'] and len(stored['param_groups']) == 2
-    for index, moments in stored['state'].items():
-        assert not differing_tensors(loaded['state'][index], moments)
-    assert resumed['schedulers'] == saved['schedulers']
-    assert (root / 'models' / 'net_proj_latest.pth').is_file() and not list((root / 'models').glob('net_vgg*'))
+    assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the projector's
+    assert_optimisers_resumed(saved, resumed)
+    models = tmp_path / 'experiments' / 'skd' / 'models'
+    assert (models / 'net_proj_latest.pth').is_file() and not list(models.glob('net_vgg*'))
 
 
 def test_results_table_gives_the_tab1_means(tmp_path):

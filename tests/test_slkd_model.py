@@ -10,9 +10,9 @@ import pytest
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from conftest import (OPTIONS, RECORDING_TRAIN, build_model_from, differing_tensors, load_option, random_batch,
-                      run_train, same_tensors, save_random_weights, shrink_network, shrink_option, snapshot,
-                      training_steps)
+from conftest import (OPTIONS, RECORDING_TRAIN, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      interrupted_and_resumed, load_option, random_batch, run_train, same_tensors, save_random_weights,
+                      shrink_network, shrink_option, snapshot, training_steps)
 from datasets_prep import prepare_rain13k
 from kd_models.kd_token_maps import tokens_to_map, tokens_to_maps
 
@@ -225,25 +225,11 @@ def test_two_cpu_ranks_hold_identical_students_and_scms(restoration_root, tmp_pa
 def test_auto_resume_restores_student_scms_optimiser_and_both_teachers(restoration_root, tmp_path):
     opt = restormer_opt(restoration_root, str(tmp_path), 'resume')
     opt['model_type'] = 'KDRecordingSLKDModel'
-    opt['logger']['save_checkpoint_freq'] = 2
-    run_train(opt, str(tmp_path), script=RECORDING_TRAIN)
-    longer = copy.deepcopy(opt)
-    longer['train']['total_iter'] = 3
-    result = run_train(longer, str(tmp_path), '--auto_resume', script=RECORDING_TRAIN)
-    assert 'Resuming training from epoch: 0, iter: 2.' in result.stdout + result.stderr
-    assert sorted(training_steps(result)) == [3]
-    root = tmp_path / 'experiments' / 'resume'
-    saved = torch.load(root / 'training_states' / '2.state', weights_only=False)
-    resumed = torch.load(root / 'resumed_rank0.pth', weights_only=False)
-    at_iter_2 = torch.load(root / 'iter2_rank0.pth', weights_only=True)
+    saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     for name in ('g', 'scm_e', 'scm_d'):
         assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
-    stored, loaded = saved['optimizers'][0], resumed['optimizers'][0]
-    assert len(stored['param_groups']) == 2 and loaded['param_groups'] == stored['param_groups']  # student, SCMs
-    assert loaded['state'].keys() == stored['state'].keys() and len(stored['state']) > 0
-    for index, moments in stored['state'].items():
-        assert not differing_tensors(loaded['state'][index], moments)
-    assert resumed['schedulers'] == saved['schedulers']
+    assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the SCMs'
+    assert_optimisers_resumed(saved, resumed)
     teacher = torch.load(opt['path']['pretrain_network_t1'], weights_only=True)['params']
     for name in ('t1', 't2'):
         assert not differing_tensors(resumed['teachers'][name], teacher)
