@@ -1,11 +1,14 @@
 """Every option file parses and every ``type`` resolves in BasicSR's registries; every training option file (all
-but ``options/test/``) also trains 2 shrunk iterations and writes a student that a plain SRModel loads strictly.
+but ``options/test/``) shares its structure (model, network and loss types, training keys, taps: ``structure``)
+with one that trains 2 shrunk iterations and writes a student that a plain SRModel loads strictly (DESIGN.md: "a
+2-iteration run of the same structure"; files that differ only in scale or numbers add no code path).
 
 The first file of each kind of run (model type, SR or restoration data) trains through train.py in a subprocess,
-with BasicSR's data loader and validation; the others of that kind, which differ in networks, scales or loss
-settings, train in this process (about 9 s less each), on a random batch of the shrunk patch size.
+with BasicSR's data loader and validation; the others train in this process, on a random batch of the shrunk
+patch size.
 """
 import glob
+import json
 import os
 
 import pytest
@@ -25,7 +28,25 @@ def run_kind(path):
     return opt['model_type'], opt['scale'] == 1
 
 
+def structure(path):
+    """What decides the code a run goes through: its kind, the types of its networks and losses, its training keys
+    and taps. Files that differ only in scale or in numbers (widths, weights, schedules) share a structure."""
+    opt = load_option(path)
+    train = opt.get('train') or {}
+    return json.dumps({
+        'kind': run_kind(path),
+        'networks': {key: value.get('type') for key, value in opt.items() if key.startswith('network_')},
+        'train': {key: value.get('type') if isinstance(value, dict) and 'type' in value else None
+                  for key, value in train.items()},
+        'taps': {key: len(paths) for key, paths in (train.get('feature_taps') or {}).items()},
+    }, sort_keys=True)
+
+
 THROUGH_TRAIN_PY = {kind: path for path, kind in reversed([(p, run_kind(p)) for p in TRAINING_OPTIONS])}
+STRUCTURES = {}  # structure -> the first file of that structure: the one that trains
+for training_path in TRAINING_OPTIONS:
+    STRUCTURES.setdefault(structure(training_path), training_path)
+TRAINED_OPTIONS = sorted(STRUCTURES.values())
 
 
 def option_id(path):
@@ -84,7 +105,12 @@ def test_parses_and_every_type_resolves(path):
             registry.get(name)  # BasicSR's own lookup (with its `_basicsr` suffix); KeyError names what is missing
 
 
-@pytest.mark.parametrize('path', TRAINING_OPTIONS, ids=option_id)
+def test_every_training_file_shares_its_structure_with_one_that_trains():
+    assert {structure(path) for path in TRAINING_OPTIONS} == {structure(path) for path in TRAINED_OPTIONS}
+    assert set(THROUGH_TRAIN_PY.values()) <= set(TRAINED_OPTIONS)
+
+
+@pytest.mark.parametrize('path', TRAINED_OPTIONS, ids=option_id)
 def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tmp_path):
     opt = load_option(path)  # scale 1 (deblurring, deraining, denoising) trains on same-size pairs
     data_root = request.getfixturevalue('restoration_root' if opt['scale'] == 1 else 'demo_root')
