@@ -159,7 +159,7 @@ def unknown_keys(opt, spec, where=''):
     return found
 
 
-class UnknownOptionKey(KeyError):
+class UnknownOptionKey(ValueError):
     """An option key that neither BasicSR nor the chosen model, network, loss or dataset reads."""
 
 
