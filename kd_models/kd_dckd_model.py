@@ -75,7 +75,7 @@ class KDDCKDModel(KDLogitsModel):
           kd_opt: {type: L1Loss, loss_weight: 1.0}
           dcl_opt: {type: KDDynamicContrastiveLoss, loss_weight: 0.1}
           ce_opt: {type: KDCodebookCrossEntropyLoss, loss_weight: 0.001}
-          negatives: {num_negatives: 5, type: noise}
+          negatives: {num_negatives: 5, kind: noise}
           history: {alpha: 0.1, source: ema, update_schedule: [[100000, 1000], [200000, 2000], [300000, 3000]]}
     """
 

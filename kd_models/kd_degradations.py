@@ -14,7 +14,7 @@ INTERPOLATION_MODES = ('area', 'bilinear', 'bicubic', 'nearest', 'nearest-exact'
 DEFAULTS = {
     'num_negatives': 5,  # N, paper Fig. 8a
     'include_clean_negative': False,  # True: the released code's negatives, clean LQ + N-1 degraded copies
-    'type': 'noise',  # paper Tab. 6 (best) and the released default
+    'kind': 'noise',  # paper Tab. 6 (best) and the released default
     'noise_sigma': [1, 30],  # Gaussian noise sigma ~ U[1, 30] / 255 (released code, as Real-ESRGAN)
     'gray_noise_prob': 0.5,  # probability of the same noise on every channel (METHODS.md)
     'blur_kernel_sizes': [3, 5, 7, 9, 11],  # released code: kernel size per axis from {3, 5, 7, 9, 11}
@@ -39,7 +39,7 @@ class KDDegradations:
     are drawn per copy (a batch must keep one size). All random numbers come from torch's global RNG (per-sample
     draws from the input's device generator, per-copy scalars from the CPU one), which BasicSR seeds per rank.
 
-    Kinds (``type``):
+    Kinds (``kind``):
 
     - ``noise``: ``x + σ·n``, σ ~ U[noise_sigma]/255 per copy and sample, n ~ N(0, 1) per pixel, the same n on all
       channels (grey noise) with probability ``gray_noise_prob``; clipped to [0, 1].
@@ -67,7 +67,7 @@ class KDDegradations:
         negatives:
           num_negatives: 5                 # N, Fig. 8a
           include_clean_negative: false    # true: released code (clean LQ + 4 degraded)
-          type: noise                      # noise | blur | resize | mix, Tab. 6
+          kind: noise                      # noise | blur | resize | mix, Tab. 6
           noise_sigma: [1, 30]             # sigma / 255
           gray_noise_prob: 0.5
     """
@@ -88,8 +88,8 @@ class KDDegradations:
             isinstance(self.num_negatives, int) and not isinstance(self.num_negatives, bool)
             and self.num_negatives >= minimum, 'num_negatives',
             f'must be an integer >= {minimum} (at least one degraded copy)')
-        self.type = self.opt['type']
-        self._check(self.type in DEGRADATION_TYPES, 'type', f'must be one of {list(DEGRADATION_TYPES)}')
+        self.kind = self.opt['kind']
+        self._check(self.kind in DEGRADATION_TYPES, 'kind', f'must be one of {list(DEGRADATION_TYPES)}')
 
         self.noise_sigma = self._range('noise_sigma', lowest=0)
         self.gray_noise_prob = self._probability('gray_noise_prob')
@@ -141,11 +141,11 @@ class KDDegradations:
             raise ValueError(f'KDDegradations expects a (B, C, H, W) batch, got shape {tuple(lq.shape)}')
         copies = self.num_negatives - self.include_clean_negative
         stacked = lq.unsqueeze(0).expand(copies, *lq.shape)
-        if self.type == 'noise':
+        if self.kind == 'noise':
             degraded = self._add_noise(stacked)
-        elif self.type == 'blur':
+        elif self.kind == 'blur':
             degraded = self._blur(stacked)
-        elif self.type == 'resize':
+        elif self.kind == 'resize':
             degraded = torch.stack([self._resize_back(self._resize_away(lq), lq) for _ in range(copies)])
         else:  # mix
             degraded = torch.stack([

@@ -42,7 +42,7 @@ def changed(out, lq):
 # ------------------------------------------------------------------------------------------- degradations: common
 def test_defaults_are_the_papers_and_released_values():
     d = KDDegradations()
-    assert (d.num_negatives, d.include_clean_negative, d.type) == (5, False, 'noise')
+    assert (d.num_negatives, d.include_clean_negative, d.kind) == (5, False, 'noise')
     assert d.noise_sigma == (1, 30) and d.gray_noise_prob == 0.5
     assert d.blur_kernel_sizes == [3, 5, 7, 9, 11] and d.blur_sigma == (0.1, 2.0)
     assert (d.resize_up_prob, d.resize_down_scale, d.resize_up_scale) == (0.25, (0.5, 1.0), (1.0, 1.5))
@@ -54,7 +54,7 @@ def test_defaults_are_the_papers_and_released_values():
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_every_type_keeps_shape_range_dtype_and_changes_the_copies(kind, include_clean, dtype):
     lq = (torch.rand(3, 3, 12, 10, generator=torch.Generator().manual_seed(1)) > 0.5).to(dtype)  # 0/1, non-square
-    out = degrade({'type': kind, 'include_clean_negative': include_clean}, lq)
+    out = degrade({'kind': kind, 'include_clean_negative': include_clean}, lq)
     assert out.shape == (5, 3, 3, 12, 10) and out.dtype == dtype and out.device == lq.device
     assert out.min() >= 0 and out.max() <= 1
     degraded = out[1:] if include_clean else out
@@ -70,7 +70,7 @@ def test_every_type_keeps_shape_range_dtype_and_changes_the_copies(kind, include
 @pytest.mark.parametrize('kind', TYPES)
 def test_draws_come_from_the_global_torch_rng(kind):
     lq = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    first, again, other = (degrade({'type': kind}, lq, seed) for seed in (3, 3, 4))
+    first, again, other = (degrade({'kind': kind}, lq, seed) for seed in (3, 3, 4))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
 
@@ -78,7 +78,7 @@ def test_draws_come_from_the_global_torch_rng(kind):
 @pytest.mark.parametrize('kind', ['noise', 'blur', 'mix'])  # resize draws per copy: see the resize spy test
 def test_copies_and_samples_get_their_own_draws(kind):
     lq = 0.5 + 0.2 * checkerboard(2, 1)  # two identical samples
-    flat = degrade({'type': kind}, lq).flatten(2)
+    flat = degrade({'kind': kind}, lq).flatten(2)
     assert all(not torch.equal(flat[i], flat[j]) for i, j in itertools.combinations(range(5), 2))
     assert all(not torch.equal(flat[i, 0], flat[i, 1]) for i in range(5))
 
@@ -123,7 +123,7 @@ def truncated_gaussian(size, sigma):
 @pytest.mark.parametrize('size,sigma', [(3, 0.7), (5, 1.2), (11, 2.0)])
 def test_blur_with_a_fixed_kernel_equals_scipy_separable_filtering_with_reflect_borders(size, sigma):
     lq = torch.rand(2, 3, 12, 9, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    out = degrade({'type': 'blur', 'blur_kernel_sizes': [size], 'blur_sigma': [sigma, sigma]}, lq)
+    out = degrade({'kind': 'blur', 'blur_kernel_sizes': [size], 'blur_sigma': [sigma, sigma]}, lq)
     kernel = truncated_gaussian(size, sigma)
     expected = ndimage.correlate1d(lq.numpy(), kernel, axis=2, mode='mirror')  # torch 'reflect' = scipy 'mirror'
     expected = ndimage.correlate1d(expected, kernel, axis=3, mode='mirror')
@@ -134,7 +134,7 @@ def test_blur_with_a_fixed_kernel_equals_scipy_separable_filtering_with_reflect_
 def test_blur_impulse_responses_are_anisotropic_truncated_gaussians_from_the_configured_sets():
     lq = torch.zeros(8, 2, 23, 23, dtype=torch.float64)
     lq[:, :, 11, 11] = 1
-    out = degrade({'type': 'blur'}, lq)
+    out = degrade({'kind': 'blur'}, lq)
     assert torch.equal(out[:, :, 0], out[:, :, 1])  # one kernel per sample, shared by its channels
     sigmas, sizes = [], []
     for response in out[:, :, 0].reshape(-1, 23, 23):
@@ -159,29 +159,29 @@ def test_blur_impulse_responses_are_anisotropic_truncated_gaussians_from_the_con
 
 def test_blur_preserves_a_constant_and_smooths_a_checkerboard():
     flat = torch.full((4, 3, 12, 12), 0.3, dtype=torch.float64)
-    assert torch.allclose(degrade({'type': 'blur'}, flat), flat.expand(5, -1, -1, -1, -1), rtol=0, atol=1e-12)
+    assert torch.allclose(degrade({'kind': 'blur'}, flat), flat.expand(5, -1, -1, -1, -1), rtol=0, atol=1e-12)
     board = checkerboard(4, 3, 12)
 
     def variation(x):
         return (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(-3).sum(-1)
 
-    out = degrade({'type': 'blur'}, board)
+    out = degrade({'kind': 'blur'}, board)
     assert (variation(out) <= variation(board) + 1e-9).all()  # sigma near 0.1 on both axes barely blurs
     assert (out.flatten(2).mean(2) - 0.5).abs().max() < 0.05  # the mean stays (up to the borders)
-    out = degrade({'type': 'blur', 'blur_sigma': [1.0, 2.0]}, board)
+    out = degrade({'kind': 'blur', 'blur_sigma': [1.0, 2.0]}, board)
     assert (variation(out) < 0.5 * variation(board)).all()
 
 
 def test_blur_refuses_inputs_smaller_than_the_kernel_radius():
     with pytest.raises(ValueError, match=r'train\.negatives\.blur_kernel_sizes'):
-        degrade({'type': 'blur'}, torch.rand(1, 3, 5, 8))
-    assert degrade({'type': 'blur', 'blur_kernel_sizes': [3]}, torch.rand(1, 3, 5, 8)).shape == (5, 1, 3, 5, 8)
+        degrade({'kind': 'blur'}, torch.rand(1, 3, 5, 8))
+    assert degrade({'kind': 'blur', 'blur_kernel_sizes': [3]}, torch.rand(1, 3, 5, 8)).shape == (5, 1, 3, 5, 8)
 
 
 # ------------------------------------------------------------------------------------------------ resize
 def test_resize_by_one_half_turns_a_checkerboard_flat_grey():
     board = checkerboard(2, 3, 16)
-    opt = dict(type='resize', resize_up_prob=0.0, resize_down_scale=[0.5, 0.5], resize_modes=['area', 'bilinear'])
+    opt = dict(kind='resize', resize_up_prob=0.0, resize_down_scale=[0.5, 0.5], resize_modes=['area', 'bilinear'])
     out = degrade(opt, board)
     assert out.shape == (5, 2, 3, 16, 16)
     assert torch.allclose(out, torch.full_like(out, 0.5), rtol=0, atol=1e-12)
@@ -190,7 +190,7 @@ def test_resize_by_one_half_turns_a_checkerboard_flat_grey():
 @pytest.mark.parametrize('opt', [{'resize_up_prob': 0.0}, {'resize_up_prob': 1.0, 'resize_up_scale': [1.5, 1.5]}])
 def test_resize_changes_a_checkerboard_and_keeps_shape_and_range(opt):
     board = checkerboard(2, 3, 16)
-    out = degrade({'type': 'resize', 'num_negatives': 8, **opt}, board)
+    out = degrade({'kind': 'resize', 'num_negatives': 8, **opt}, board)
     assert out.shape == (8, 2, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
     assert changed(out, board).all()
 
@@ -205,7 +205,7 @@ def test_resize_draws_factors_directions_and_modes_as_configured(monkeypatch):
     interpolate = F.interpolate
     monkeypatch.setattr(F, 'interpolate', spy)
     lq = torch.rand(1, 1, 64, 40, dtype=torch.float64)
-    degrade({'type': 'resize', 'num_negatives': 600}, lq)
+    degrade({'kind': 'resize', 'num_negatives': 600}, lq)
     assert len(calls) == 1200
     away, back = calls[0::2], calls[1::2]
     assert all(c[0] == (64, 40) for c in away) and all(c[1] == (64, 40) for c in back)
@@ -224,7 +224,7 @@ def test_resize_draws_factors_directions_and_modes_as_configured(monkeypatch):
 def test_mix_adds_the_noise_at_the_resized_size_before_resizing_back():
     lq = torch.full((4, 3, 16, 16), 0.5, dtype=torch.float64)  # a flat image: the blur is a no-op
     opt = dict(
-        type='mix', resize_up_prob=0.0, resize_down_scale=[0.5, 0.5], resize_modes=['area'], noise_sigma=[20, 20])
+        kind='mix', resize_up_prob=0.0, resize_down_scale=[0.5, 0.5], resize_modes=['area'], noise_sigma=[20, 20])
     noise = degrade(opt, lq) - lq
     blocks = noise.unflatten(3, (8, 2)).unflatten(5, (8, 2))  # (N, B, C, 8, 2, 8, 2)
     assert torch.equal(blocks, blocks[..., :1, :, :1].expand_as(blocks))  # noise drawn at 8x8, area-upsampled
@@ -233,7 +233,7 @@ def test_mix_adds_the_noise_at_the_resized_size_before_resizing_back():
 
 def test_mix_blurs_resizes_and_adds_noise():
     board = checkerboard(4, 3, 16)
-    out = degrade({'type': 'mix', 'blur_sigma': [1.0, 2.0], 'resize_modes': ['area']}, board)
+    out = degrade({'kind': 'mix', 'blur_sigma': [1.0, 2.0], 'resize_modes': ['area']}, board)
     assert out.shape == (5, 4, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
     assert ((out - board).abs().flatten(1).mean(1) > 0.2).all()
 
@@ -241,7 +241,7 @@ def test_mix_blurs_resizes_and_adds_noise():
 # ------------------------------------------------------------------------------------------------ options
 @pytest.mark.parametrize('opt,key', [
     (dict(num_neg=4), 'num_neg'),
-    (dict(type='jpeg'), 'type'),
+    (dict(kind='jpeg'), 'kind'),
     (dict(num_negatives=0), 'num_negatives'),
     (dict(num_negatives=2.0), 'num_negatives'),
     (dict(num_negatives=1, include_clean_negative=True), 'num_negatives'),

@@ -203,7 +203,7 @@ def test_history_is_in_the_training_state_and_restored(dckd_opt, tmp_path):
     (lambda o: o['train'].pop('dcl_opt'), ValueError, ['train.negatives', 'train.dcl_opt']),
     (lambda o: o['train']['dcl_opt'].update(layer_weights=[1, 1, 1, 1]), ValueError,
      ['train.dcl_opt.layer_weights', '4 weights', '5 feature taps']),
-    (lambda o: o['train']['negatives'].update(kind='noise'), ValueError, ['train.negatives.kind']),
+    (lambda o: o['train']['negatives'].update(type='noise'), ValueError, ['train.negatives.type']),
     (lambda o: o['train']['negatives'].update(num_negatives=0), ValueError, ['train.negatives.num_negatives']),
     (lambda o: o.pop('network_vqgan'), ValueError, ['network_vqgan']),
     (lambda o: o['path'].update(pretrain_network_vqgan='missing.pth'), FileNotFoundError,
