@@ -75,9 +75,9 @@ def merge(*specs):
     return merged
 
 
-def model_keys(model_class):
-    """The keys a model class reads: its ``option_keys`` and those of every class it inherits from."""
-    return merge(*(vars(cls).get('option_keys', {}) for cls in reversed(model_class.__mro__)))
+def class_keys(cls):
+    """The keys a model or dataset class reads: its ``option_keys`` and those of every class it inherits from."""
+    return merge(*(vars(base).get('option_keys', {}) for base in reversed(cls.__mro__)))
 
 
 def option_spec(opt):
@@ -87,7 +87,7 @@ def option_spec(opt):
     names = [key[len('network_'):] for key in opt if str(key).startswith('network_')]
     weights = {f'{prefix}_{name}': None for name in names
                for prefix in ('pretrain_network', 'param_key', 'strict_load')}
-    return merge(BASICSR_KEYS, PLUGIN_KEYS, {'path': weights}, model_keys(model_class) if model_class else {})
+    return merge(BASICSR_KEYS, PLUGIN_KEYS, {'path': weights}, class_keys(model_class) if model_class else {})
 
 
 def constructor_keys(obj):
@@ -109,7 +109,7 @@ def marker_spec(marker, value):
         dataset = DATASET_REGISTRY.get(kind) if kind in DATASET_REGISTRY else None
         from basicsr.data.paired_image_dataset import PairedImageDataset
         if isinstance(dataset, type) and issubclass(dataset, PairedImageDataset) and hasattr(dataset, 'option_keys'):
-            return merge(DATASET_KEYS, dataset.option_keys)  # one of ours: PairedImageDataset's keys and its own
+            return merge(DATASET_KEYS, class_keys(dataset))  # one of ours: PairedImageDataset's keys and its own
         return None
     if marker == METRICS:
         return None  # BasicSR's metric functions all take **kwargs
@@ -195,7 +195,7 @@ def main():
           'param_key_<name> and strict_load_<name> of each network_<name>):')
     print('  ' + '\n  '.join(flat_keys(BASICSR_KEYS)))
     for name in plugin_names(MODEL_REGISTRY):
-        keys = list(flat_keys(model_keys(MODEL_REGISTRY.get(name))))
+        keys = list(flat_keys(class_keys(MODEL_REGISTRY.get(name))))
         print(f'{name} ({len(keys)} keys besides BasicSR\'s):\n  ' + ('\n  '.join(keys) or '-'))
 
 

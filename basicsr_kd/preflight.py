@@ -97,8 +97,10 @@ def check_patch_size(gt_sizes, gt_size, where):
 
 
 def check_disk_patch_size(dataset_opt, where):
-    """``check_patch_size`` for a training set on disk."""
+    """``check_patch_size`` for a training set on disk that does not pad its small pairs (``pad_to_gt_size``)."""
     gt_size, folder = dataset_opt.get('gt_size'), dataset_opt.get('dataroot_gt')
+    if dataset_opt.get('pad_to_gt_size'):
+        return
     if gt_size and folder and (dataset_opt.get('io_backend') or {}).get('type', 'disk') == 'disk':
         check_patch_size([(name, image_size(os.path.join(folder, name))) for name in image_names(folder)], gt_size,
                          where)

@@ -18,6 +18,7 @@ Usage: ``python benchmarks/kd_step.py [options/...yml ...] [--batch 2 --patch 24
 import argparse
 import copy
 import csv
+import functools
 import json
 import os
 import resource
@@ -42,7 +43,8 @@ def summarize(option, model_type, kd, plain, frozen, peak_mem_mb):
     return {
         'option': option, 'model_type': model_type, 'kd_ms': kd_ms, 'kd_spread_ms': 1e3 * (max(kd) - min(kd)),
         'plain_ms': plain_ms, 'plain_spread_ms': 1e3 * (max(plain) - min(plain)), 'frozen_ms': frozen_ms,
-        'floor_ms': plain_ms + frozen_ms, 'kd_over_plain': kd_ms / plain_ms, 'kd_over_floor': kd_ms / (plain_ms + frozen_ms),
+        'floor_ms': plain_ms + frozen_ms, 'kd_over_plain': kd_ms / plain_ms,
+        'kd_over_floor': kd_ms / (plain_ms + frozen_ms),
         'peak_mem_mb': peak_mem_mb
     }
 
@@ -87,6 +89,7 @@ def training_opt(opt, workdir, device, amp):
     for key in ('experiments_root', 'models', 'training_states', 'log', 'visualization'):
         opt['path'][key] = workdir
     opt['train']['teacher_autocast'] = amp
+    opt['train'].pop('progressive_patches', None)  # the benchmark's batch has the patch and batch sizes it times
     return opt
 
 
@@ -104,7 +107,8 @@ def cached_training_opt(opt, workdir, build_model):
 
 def plain_opt(opt):
     """The same student, batch and patch with SRModel and L1 to GT."""
-    keep = ('name', 'scale', 'num_gpu', 'manual_seed', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume', 'network_g')
+    keep = ('name', 'scale', 'num_gpu', 'manual_seed', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume',
+            'network_g')
     plain = {k: copy.deepcopy(v) for k, v in opt.items() if k in keep}
     plain.update(model_type='SRModel', path={k: opt['path'][k] for k in ('models', 'training_states', 'log')})
     plain['train'] = {k: copy.deepcopy(opt['train'][k]) for k in ('optim_g', 'scheduler', 'total_iter')}
@@ -135,7 +139,7 @@ def measure(option, args):
         opt = training_opt(opt, workdir, args.device, args.amp)
         plain = build_model(plain_opt(opt))
         plain.feed_data(batch)
-        plain_times = timed(lambda: plain.optimize_parameters(1), args.device, args.steps, args.warmup)
+        plain_times = timed(functools.partial(plain.optimize_parameters, 1), args.device, args.steps, args.warmup)
         del plain
         if args.cached:
             opt = cached_training_opt(opt, workdir, build_model)
@@ -176,9 +180,9 @@ def main():
     rows = []
     for option, cached in [(o, c) for o in args.options for c in ((False, True) if args.cache else (False, ))]:
         print(f'measuring {option}{" with the cache" if cached else ""} ...', flush=True)
-        command = [sys.executable, os.path.abspath(__file__), option, '--child'] + [
-            f'--{k}={v}' for k, v in vars(args).items()
-            if k not in ('options', 'child', 'out', 'cache', 'cached') and v is not None] + (['--cached'] if cached else [])
+        passed = [f'--{k}={v}' for k, v in vars(args).items()
+                  if k not in ('options', 'child', 'out', 'cache', 'cached') and v is not None]
+        command = [sys.executable, os.path.abspath(__file__), option, '--child', *passed] + ['--cached'] * cached
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f'{option} failed:\n{result.stderr[-3000:]}')

@@ -7,7 +7,8 @@ For every entry under ``datasets:``:
     lmdb    both databases have data.mdb and meta_info.txt, the same keys, and data.mdb holds every key
     sizes   every LQ image times the option file's ``scale`` has the size of its GT image (disk: image headers;
             lmdb: the shapes in meta_info.txt)
-    patches every GT image is at least ``gt_size`` on both sides (BasicSR stops mid-run at a smaller one)
+    patches every GT image is at least ``gt_size`` on both sides (BasicSR stops mid-run at a smaller one), unless
+            the set pads small pairs (``pad_to_gt_size``, KDPairedImageDataset)
     counts  validation/test sets named like a public benchmark (Set5, Set14, B100 or BSD100, Urban100, Manga109,
             GoPro, HIDE, Rain100H, Rain100L, Test100, Test1200, Test2800, SIDD) have its official image count
 
@@ -114,7 +115,7 @@ def check_dataset(dataset_opt, where, scale, expect=True):
             name, gt, lq = wrong[0]
             raise ValueError(f'{where}: {len(wrong)} pairs whose GT size is not {scale} x the LQ size, e.g. {name}: '
                              f'GT {gt[0]}x{gt[1]}, LQ {lq[0]}x{lq[1]}')
-    if entries[0][1] is not None:  # GT sizes known
+    if entries[0][1] is not None and not dataset_opt.get('pad_to_gt_size'):  # GT sizes known, small pairs not padded
         check_patch_size([(name, gt) for name, gt, _ in entries], dataset_opt.get('gt_size'), where)
     official = TEST_SETS.get(dataset_opt.get('name')) if not where.split('.')[-1].startswith('train') else None
     if official:

@@ -16,6 +16,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 
 from .kd_eval_model import pad_to_multiple
+from .kd_progressive_patches import ProgressivePatches
 
 TEACHER_KEY = re.compile(r'^network_(t\d*)$')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -125,6 +126,9 @@ class KDBaseModel(SRModel):
     - ``train.teacher_cache``: a folder of ``datasets_prep/cache_teacher_outputs.py``: the frozen target comes with
       each batch (``KDCachedTargetDataset``) instead of from the frozen forwards, for the methods whose
       ``frozen_target`` needs nothing but the LQ input (its manifest must match the options, checked before step 1).
+    - ``train.progressive_patches``: ``[[until iteration, gt_size, batch size per GPU], ...]``: Restormer's progressive
+      learning; each step crops the loaded batch (the largest patch and batch of the schedule) to the sizes of its
+      iteration (``ProgressivePatches``).
 
     Hooks for a method (each has a default):
 
@@ -155,7 +159,7 @@ class KDBaseModel(SRModel):
     helper_networks = ()
     # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py; 'loss': a loss dict)
     option_keys = {'train': {'teacher_inputs': None, 'feature_taps': None, 'teacher_autocast': None,
-                             'teacher_cache': None}}
+                             'teacher_cache': None, 'progressive_patches': None}}
 
     def __init__(self, opt):
         self.check_not_data_parallel(opt)  # before SRModel wraps the student
@@ -173,6 +177,7 @@ class KDBaseModel(SRModel):
         self.helpers = OrderedDict((name, self.build_helper_network(name)) for name in self.helper_names())
         self.taps = self.build_feature_taps()
         self.teacher_cache = self.check_teacher_cache()
+        self.progressive_patches = self.check_progressive_patches()
         autocast = self.opt['train'].get('teacher_autocast')
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f'train.teacher_autocast = {autocast}: use one of {list(AUTOCAST_DTYPES)} or ~')
@@ -483,9 +488,20 @@ class KDBaseModel(SRModel):
                              'for these options (python -m datasets_prep.cache_teacher_outputs) or use another folder.')
         return folder
 
+    def check_progressive_patches(self):
+        """``train.progressive_patches``, checked against the training set's patch and batch sizes."""
+        rows = self.opt['train'].get('progressive_patches')
+        if not rows:
+            return None
+        train_set = self.opt.get('datasets', {}).get('train', {})
+        return ProgressivePatches(rows, train_set.get('gt_size'), train_set.get('batch_size_per_gpu'),
+                                  self.opt.get('scale', 1))
+
     def feed_data(self, data):
-        """SRModel's, plus the cached target of the batch when ``train.teacher_cache`` is set."""
+        """SRModel's, plus the cached target of the batch when ``train.teacher_cache`` is set; the batch is kept for
+        ``train.progressive_patches``, which crops it at the step."""
         super().feed_data(data)
+        self.fed_batch = data
         if 'target' in data:
             self.cached_target = data['target'].to(self.device)
 
@@ -513,6 +529,8 @@ class KDBaseModel(SRModel):
         return losses
 
     def optimize_parameters(self, current_iter):
+        if self.progressive_patches is not None:  # fed again: a method's feed_data derives its inputs from the batch
+            self.feed_data(self.progressive_patches.crop(current_iter, self.fed_batch))
         self.optimizer_g.zero_grad()
         self.diagnostics = OrderedDict()
         self.forward_networks()

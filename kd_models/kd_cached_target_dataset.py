@@ -3,10 +3,9 @@ import os
 
 import cv2
 import numpy as np
-from basicsr.data.paired_image_dataset import PairedImageDataset
-from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
+
+from .kd_paired_image_dataset import KDPairedImageDataset
 
 CACHE_MANIFEST = 'manifest.json'
 
@@ -26,15 +25,16 @@ def read_cached_target(path):
 
 
 @DATASET_REGISTRY.register()
-class KDCachedTargetDataset(PairedImageDataset):
-    """BasicSR's PairedImageDataset plus ``target``: the frozen target (a teacher's output, MTKD's aggregated output)
+class KDCachedTargetDataset(KDPairedImageDataset):
+    """KDPairedImageDataset plus ``target``: the frozen target (a teacher's output, MTKD's aggregated output)
     of each training pair, computed once on the whole image by ``datasets_prep/cache_teacher_outputs.py`` and read
     from ``dataroot_target``. GT and target get the same crop and GT, target and LQ the same flips and rotations.
 
     A distillation model takes the target from the batch instead of running its frozen networks when
     ``train.teacher_cache`` names the same folder.
 
-    Option keys: those of PairedImageDataset (disk or lmdb for GT and LQ) and ``dataroot_target`` (a folder on disk).
+    Option keys: those of KDPairedImageDataset (disk or lmdb for GT and LQ) and ``dataroot_target`` (a folder on
+    disk).
 
     Example::
 
@@ -46,7 +46,7 @@ class KDCachedTargetDataset(PairedImageDataset):
             dataroot_target: datasets/DIV2K/targets_logits_edsr_x4
     """
 
-    option_keys = {'dataroot_target': None}  # besides PairedImageDataset's (basicsr_kd/option_keys.py)
+    option_keys = {'dataroot_target': None}  # besides KDPairedImageDataset's (basicsr_kd/option_keys.py)
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -59,19 +59,10 @@ class KDCachedTargetDataset(PairedImageDataset):
     def __getitem__(self, index):
         if self.opt['phase'] != 'train':
             raise ValueError('KDCachedTargetDataset is a training set (phase train); validate on PairedImageDataset')
-        if self.file_client is None:
-            from basicsr.utils import FileClient
-            self.file_client = FileClient(self.io_backend_opt.pop('type'), **self.io_backend_opt)
-        from basicsr.utils import imfrombytes
-        paths = self.paths[index]
-        img_gt = imfrombytes(self.file_client.get(paths['gt_path'], 'gt'), float32=True)
-        img_lq = imfrombytes(self.file_client.get(paths['lq_path'], 'lq'), float32=True)
+        return super().__getitem__(index)
+
+    def aligned_images(self, paths, img_gt):
         img_target = read_cached_target(cached_target_path(self.target_folder, paths['gt_path']))
         if img_target.shape != img_gt.shape:
             raise ValueError(f'{paths["gt_path"]}: cached target {img_target.shape} and GT {img_gt.shape} differ')
-        (img_gt, img_target), img_lq = paired_random_crop([img_gt, img_target], img_lq, self.opt['gt_size'],
-                                                          self.opt['scale'], paths['gt_path'])
-        img_gt, img_target, img_lq = augment([img_gt, img_target, img_lq], self.opt['use_hflip'], self.opt['use_rot'])
-        img_gt, img_target, img_lq = img2tensor([img_gt, img_target, img_lq], bgr2rgb=True, float32=True)
-        return {'lq': img_lq, 'gt': img_gt, 'target': img_target, 'lq_path': paths['lq_path'],
-                'gt_path': paths['gt_path']}
+        return {'target': img_target}

@@ -5,6 +5,7 @@ from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_degradations import KDDegradations
+from .kd_iteration_schedule import IterationSchedule
 from .kd_logits_model import KDLogitsModel
 
 HISTORY_SOURCES = ('ema', 'student')
@@ -16,29 +17,17 @@ HISTORY_DEFAULTS = {
 }
 
 
-class HistorySchedule:
-    """The update step s of Eq. 6 as (until iteration, step) pairs: iteration t uses the step of the first pair
-    whose ``until`` is >= t; past the last ``until`` the last step holds forever (the released list has no entry
-    there and fails). The history model is updated after iteration t when t % s == 0.
+class HistorySchedule(IterationSchedule):
+    """The update step s of Eq. 6 as (until iteration, step) rows; past the last ``until`` the last step holds
+    forever (the released list has no entry there and fails). The history model is updated after iteration t when
+    t % s == 0."""
 
-    Args:
-        pairs (list[list[int]]): [[until, step], ...], ``until`` strictly increasing, every number a positive int.
-        option (str): The option key, for errors.
-    """
-
-    def __init__(self, pairs, option='train.history.update_schedule'):
-        valid = isinstance(pairs, (list, tuple)) and len(pairs) > 0 and all(
-            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair) for pair in pairs)
-        valid = valid and all(a[0] < b[0] for a, b in zip(pairs, pairs[1:]))
-        if not valid:
-            raise ValueError(f'{option} = {pairs!r}: use a non-empty list of [until iteration, step] pairs of positive '
-                             'integers, the untils increasing (e.g. [[100000, 1000], [200000, 2000], [300000, 3000]])')
-        self.pairs = [tuple(pair) for pair in pairs]
+    def __init__(self, rows, option='train.history.update_schedule'):
+        super().__init__(rows, option, names=('step',), example='[[100000, 1000], [200000, 2000], [300000, 3000]]')
 
     def step(self, iteration):
         """The update step s in force at ``iteration``."""
-        return next((step for until, step in self.pairs if iteration <= until), self.pairs[-1][1])
+        return self.values(iteration)[0]
 
     def updates_at(self, iteration):
         return iteration % self.step(iteration) == 0

@@ -101,6 +101,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
     if stamp is not None:  # e.g. MTKD's aggregator file records the teachers it was trained on
         stamp(opt)
     opt['train'].update(total_iter=total_iter, warmup_iter=-1)
+    if opt['train'].get('progressive_patches'):  # the schedule's structure at the shrunk sizes: half, then full
+        opt['train']['progressive_patches'] = [[1, 8 * scale, 1], [max(total_iter, 2), 16 * scale, 2]]
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
@@ -120,7 +122,8 @@ def run_train(opt, cwd, *args, launcher=None, check=True, script=os.path.join(RO
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f'train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}')
+        raise AssertionError(f'train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n'
+                             f'{result.stderr[-6000:]}')
     return result
 
 

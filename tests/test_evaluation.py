@@ -294,8 +294,10 @@ def test_committed_evaluation_options_are_what_the_generator_writes():
     assert make_test_options.committed_files() == make_test_options.render_all()
 
 
-SR_STUDENT_OPTIONS = sorted(p for p in os.listdir(OPTIONS) if re.search(r'_x\d+\.yml$', p)
-                            and load_option(os.path.join(OPTIONS, p))['model_type'] not in make_test_options.NOT_A_STUDENT)
+SR_STUDENT_OPTIONS = sorted(
+    p for p in os.listdir(OPTIONS)
+    if re.search(r'_x\d+\.yml$', p) and load_option(os.path.join(OPTIONS, p))['model_type'] not in
+    make_test_options.NOT_A_STUDENT)
 
 
 @pytest.mark.parametrize('path', SR_STUDENT_OPTIONS)

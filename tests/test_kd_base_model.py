@@ -170,7 +170,8 @@ def other_arch_weights(opt, tmp_path):
         (lambda o, p: o['train'].update(teacher_autocast='fp8'), ValueError, ['train.teacher_autocast', 'fp8']),
         (lambda o, p: o['train']['optim_g'].update(type='Adamm'), ValueError, ['train.optim_g.type = Adamm']),
     ],
-    ids=['missing file', 'not set', 'teacher scale', 'not ignored on resume', 'other arch', 'autocast fp8', 'optimiser'])
+    ids=['missing file', 'not set', 'teacher scale', 'not ignored on resume', 'other arch', 'autocast fp8',
+         'optimiser'])
 def test_bad_configuration_fails_at_build_naming_the_option(logits_opt, tmp_path, change, error, words):
     opt = copy.deepcopy(logits_opt)
     change(opt, tmp_path)

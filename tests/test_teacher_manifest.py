@@ -74,7 +74,8 @@ def test_missing_teacher_error_names_the_published_file_its_page_and_the_convert
         assert words in message, message
 
 
-FALLBACK = r'no such file\. Put the pretrained weights there\. Where each is published: README, "Pretrained teachers"\.$'
+FALLBACK = (r'no such file\. Put the pretrained weights there\. Where each is published: README, '
+            r'"Pretrained teachers"\.$')
 
 
 def test_missing_teacher_error_without_the_manifest_module_or_file(rcan_opt, tmp_path, monkeypatch):
