@@ -530,7 +530,9 @@ class KDBaseModel(SRModel):
 
     def optimize_parameters(self, current_iter):
         if self.progressive_patches is not None:  # fed again: a method's feed_data derives its inputs from the batch
-            self.feed_data(self.progressive_patches.crop(current_iter, self.fed_batch))
+            loaded = self.fed_batch
+            self.feed_data(self.progressive_patches.crop(current_iter, loaded))
+            self.fed_batch = loaded  # the loader's batch: another step on the same feed crops it anew
         self.optimizer_g.zero_grad()
         self.diagnostics = OrderedDict()
         self.forward_networks()

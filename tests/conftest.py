@@ -101,8 +101,10 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
     if stamp is not None:  # e.g. MTKD's aggregator file records the teachers it was trained on
         stamp(opt)
     opt['train'].update(total_iter=total_iter, warmup_iter=-1)
-    if opt['train'].get('progressive_patches'):  # the schedule's structure at the shrunk sizes: half, then full
-        opt['train']['progressive_patches'] = [[1, 8 * scale, 1], [max(total_iter, 2), 16 * scale, 2]]
+    if opt['train'].get('progressive_patches'):  # the schedule's structure at shrunk sizes: the usual patch, then
+        # twice its side (the VQGAN's f16 encoder needs 16 at least), loaded at the largest
+        opt['datasets']['train']['gt_size'] = 32 * scale
+        opt['train']['progressive_patches'] = [[1, 16 * scale, 1], [max(total_iter, 2), 32 * scale, 2]]
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)

@@ -65,18 +65,19 @@ def windows_of(cropped, batch):
 
 def test_each_step_crops_lq_gt_and_target_to_one_aligned_window_of_a_sample_subset(progressive_opt, tmp_path):
     model = build_model_from(progressive_opt, str(tmp_path / 'exp'))
-    batch = aligned_batch()
+    batch, fed = aligned_batch(), []
+    feed_data = model.feed_data
+    model.feed_data = lambda data: fed.append(data) or feed_data(data)
+    model.feed_data(batch)
     for iteration, (gt_size, count) in zip((1, 2, 3, 9), ((16, 1), (24, 3), (32, 4), (32, 4))):
-        model.feed_data(batch)
-        model.optimize_parameters(iteration)
+        model.optimize_parameters(iteration)  # one feed, several steps: each crops the loader's batch
         lq_size = gt_size // 2
         assert model.lq.shape == (count, 3, lq_size, lq_size) and model.output.shape == (count, 3, gt_size, gt_size)
         windows = windows_of(model.lq, batch['lq'])
         assert len(windows) == count and len({i for i, _, _ in windows}) == count  # distinct samples, each once
         assert len({(top, left) for _, top, left in windows}) == 1  # one window for the whole step
         samples = [i for i, _, _ in windows]
-        assert model.fed_batch['lq_path'] == [f'lq{i}' for i in samples]
-        assert model.fed_batch['gt_path'] == [f'gt{i}' for i in samples]
+        assert fed[-1]['lq_path'] == [f'lq{i}' for i in samples] and fed[-1]['gt_path'] == [f'gt{i}' for i in samples]
         assert torch.equal(model.gt, model.lq.repeat_interleave(2, -1).repeat_interleave(2, -2))
         assert torch.equal(model.cached_target, model.gt + 1)
 
