@@ -209,6 +209,20 @@ def interrupted_and_resumed(opt, cwd, stop=2, total=3, script=RECORDING_TRAIN):
             torch.load(os.path.join(root, f'iter{stop}_rank0.pth'), weights_only=True), result)
 
 
+def two_rank_run(opt, cwd, script=RECORDING_TRAIN):
+    """Train ``opt`` (a ``KDRecording*`` model type) on two CPU ranks under torchrun; check that both ranks ran every
+    iteration, on batches of their own. Returns (each rank's networks at the start, each rank's networks and
+    ``seen_lq`` at the end, the run)."""
+    result = run_train(opt, cwd, launcher='torchrun', script=script)  # raises unless both ranks exit 0
+    assert 'World size (gpu number): 2' in result.stdout + result.stderr
+    assert sorted(training_steps(result)) == list(range(1, opt['train']['total_iter'] + 1))
+    root = os.path.join(cwd, 'experiments', opt['name'])
+    init, final = ([torch.load(os.path.join(root, f'{name}_rank{r}.pth'), weights_only=True) for r in range(2)]
+                   for name in ('init', 'iter-1'))
+    assert final[0]['seen_lq'] != final[1]['seen_lq'], 'the ranks must train on different batches'
+    return init, final, result
+
+
 def assert_optimisers_resumed(saved, resumed):
     """The optimisers' groups and moments and the schedulers a resumed run holds equal those saved."""
     assert len(saved['optimizers']) == len(resumed['optimizers']) and saved['schedulers'] == resumed['schedulers']

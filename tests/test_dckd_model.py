@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 import kd_archs, kd_losses  # noqa: E401, F401
 from conftest import (OPTIONS, RECORDING_TRAIN, build_model_from, differing_tensors, load_option, random_batch,
-                      run_train, same_tensors, save_random_weights, snapshot, training_steps)
+                      run_train, same_tensors, save_random_weights, snapshot, two_rank_run)
 from kd_models.kd_dckd_model import HistorySchedule
 
 TINY_VQGAN = {'type': 'KDVQGANEncoder', 'embed_dim': 8, 'n_embed': 16, 'ddconfig': {'ch': 32}}
@@ -313,12 +313,7 @@ def train_opt(dckd_opt, name):
 
 def test_two_cpu_ranks_hold_identical_students_and_history_models(dckd_opt, tmp_path):
     opt = train_opt(dckd_opt, 'ddp')
-    result = run_train(opt, str(tmp_path), launcher='torchrun', script=recording_script(tmp_path))
-    assert 'World size (gpu number): 2' in result.stdout + result.stderr and sorted(training_steps(result)) == [1, 2]
-    root = tmp_path / 'experiments' / 'ddp'
-    init, final = ([torch.load(root / f'{name}_rank{r}.pth', weights_only=True) for r in range(2)]
-                   for name in ('init', 'iter-1'))
-    assert final[0]['seen_lq'] != final[1]['seen_lq'], 'the ranks must train on different batches'
+    init, final, _ = two_rank_run(opt, str(tmp_path), script=recording_script(tmp_path))
     for name in ('g', 'his'):
         assert not differing_tensors(final[0][name], final[1][name]), f'{name}: the ranks diverged'
         assert differing_tensors(init[1][name], final[1][name]), f'{name} did not change'

@@ -1,5 +1,6 @@
 """DDP on CPU: ``torchrun --standalone --nproc_per_node=2 train.py -opt ... --launcher pytorch`` trains, and both ranks
-hold the same student (and trainable helpers) although each rank trained on other crops.
+hold the same student (and trainable helpers) although each rank trained on other crops (also when each rank crops
+its batch to a progressive schedule, from pairs padded to the patch).
 
 BasicSR saves on rank 0 only, so the run uses the test-only ``KDRecording*`` model types of ``recording_train.py``
 (``train.py`` plus a model that also writes every rank's networks) to see what rank 1 holds.
@@ -9,24 +10,25 @@ import os
 import pytest
 import torch
 
-from conftest import OPTIONS, RECORDING_TRAIN, differing_tensors, load_option, run_train, shrink_option, training_steps
+from conftest import OPTIONS, differing_tensors, load_option, shrink_option, two_rank_run
 
 
-@pytest.mark.parametrize('option, model_type, networks', [
-    ('logits_edsr_x2.yml', 'KDRecordingLogitsModel', ['g']),
-    ('fitnet_edsr_x2.yml', 'KDRecordingFeatureModel', ['g', 'reg']),
-], ids=['logits', 'fitnet with a trainable regressor'])
-def test_two_cpu_ranks_finish_with_identical_students(demo_root, tmp_path, option, model_type, networks):
-    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), 'ddp')
+@pytest.mark.parametrize('option, model_type, networks, data', [
+    ('logits_edsr_x2.yml', 'KDRecordingLogitsModel', ['g'], 'demo_root'),
+    ('fitnet_edsr_x2.yml', 'KDRecordingFeatureModel', ['g', 'reg'], 'demo_root'),
+    ('logits_restormer_derain.yml', 'KDRecordingLogitsModel', ['g'], 'restoration_root'),
+], ids=['logits', 'fitnet with a trainable regressor', 'progressive patches of padded pairs'])
+def test_two_cpu_ranks_finish_with_identical_students(request, tmp_path, option, model_type, networks, data):
+    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), request.getfixturevalue(data), str(tmp_path), 'ddp')
     opt['model_type'] = model_type
-    result = run_train(opt, str(tmp_path), launcher='torchrun', script=RECORDING_TRAIN)  # raises unless both exit 0
-    assert 'World size (gpu number): 2' in result.stdout + result.stderr
-    assert sorted(training_steps(result)) == [1, 2]
+    if opt['train'].get('progressive_patches'):  # 32² x 1, then 64² x 2 from the 60 x 76 pairs padded to 64²
+        opt['datasets']['train']['gt_size'] = 64
+        opt['train']['progressive_patches'] = [[1, 32, 1], [2, 64, 2]]
+    init, final, result = two_rank_run(opt, str(tmp_path))
+    if opt['train'].get('progressive_patches'):  # rank 0 logs (BasicSR's logger is quiet on the other ranks)
+        assert 'Progressive patches: GT 64x64, batch 2 from iteration 2' in result.stdout + result.stderr
 
     root = tmp_path / 'experiments' / 'ddp'
-    init, final = ([torch.load(root / f'{name}_rank{r}.pth', weights_only=True) for r in range(2)]
-                   for name in ('init', 'iter-1'))
-    assert final[0]['seen_lq'] != final[1]['seen_lq'], 'the ranks must train on different batches'
     assert len(final[1]['seen_lq']) == 2
     for name in networks:
         assert not differing_tensors(init[0][name], init[1][name]), f'net_{name}: DDP broadcasts rank 0 at wrapping'

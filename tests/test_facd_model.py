@@ -14,9 +14,9 @@ import os
 import pytest
 import torch
 
-from conftest import (OPTIONS, RECORDING_TRAIN, assert_optimisers_resumed, build_model_from, differing_tensors,
-                      interrupted_and_resumed, load_option, random_batch, run_train, same_tensors, save_random_weights,
-                      shrink_option, snapshot, training_steps)
+from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
+                      load_option, random_batch, same_tensors, save_random_weights, shrink_option, snapshot,
+                      two_rank_run)
 from test_facd_losses import facd_by_loops, mae_by_loop
 from test_feature_model import edsr_features
 
@@ -165,13 +165,7 @@ def test_two_cpu_ranks_hold_identical_students_and_regressors(demo_root, tmp_pat
     opt = facd_opt(demo_root, tmp_path, option='fcd_edsr_x2.yml', name='ddp')  # FCD: α = 0 (a random teacher worse
     # than the student on every sample) would leave the regressor without gradient
     opt['model_type'] = 'KDRecordingFACDModel'
-    result = run_train(opt, str(tmp_path), launcher='torchrun', script=RECORDING_TRAIN)
-    assert 'World size (gpu number): 2' in result.stdout + result.stderr
-    assert sorted(training_steps(result)) == [1, 2]
-    root = tmp_path / 'experiments' / 'ddp'
-    init, final = ([torch.load(root / f'{name}_rank{r}.pth', weights_only=True) for r in range(2)]
-                   for name in ('init', 'iter-1'))
-    assert final[0]['seen_lq'] != final[1]['seen_lq'], 'the ranks must train on different batches'
+    init, final, _ = two_rank_run(opt, str(tmp_path))
     for name in ('g', 'reg'):
         assert not differing_tensors(init[0][name], init[1][name]), f'net_{name}: DDP broadcasts rank 0 at wrapping'
         assert not differing_tensors(final[0][name], final[1][name]), f'net_{name}: the ranks diverged'

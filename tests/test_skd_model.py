@@ -7,9 +7,8 @@ import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
-from conftest import (OPTIONS, RECORDING_TRAIN, assert_optimisers_resumed, build_model_from, differing_tensors,
-                      interrupted_and_resumed, load_option, random_batch, run_train, same_tensors, shrink_option,
-                      snapshot)
+from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
+                      load_option, random_batch, same_tensors, shrink_option, snapshot, two_rank_run)
 from kd_models.kd_token_maps import tokens_to_map
 
 VGG_LAYERS = ['relu1_1', 'relu2_1']
@@ -232,12 +231,7 @@ def test_the_projector_alone_cannot_zero_the_gk_loss_with_a_frozen_teacher_side(
 def test_two_cpu_ranks_hold_identical_students_and_projectors(restoration_root, tmp_path):
     opt = skd_opt(tmp_path, restoration_root)
     opt['model_type'] = 'KDRecordingSKDModel'
-    result = run_train(opt, str(tmp_path), launcher='torchrun', script=RECORDING_TRAIN)
-    assert 'World size (gpu number): 2' in result.stdout + result.stderr
-    root = tmp_path / 'experiments' / 'skd'
-    init, final = ([torch.load(root / f'{name}_rank{r}.pth', weights_only=True) for r in range(2)]
-                   for name in ('init', 'iter-1'))
-    assert final[0]['seen_lq'] != final[1]['seen_lq']
+    init, final, _ = two_rank_run(opt, str(tmp_path))
     for name in ('g', 'proj'):
         assert not differing_tensors(init[0][name], init[1][name]), name
         assert not differing_tensors(final[0][name], final[1][name]), f'net_{name}: the ranks diverged'
