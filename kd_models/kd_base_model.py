@@ -23,6 +23,11 @@ AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 TEACHER_INPUTS = ('lq', 'gt')
 
 
+def option_teacher_names(opt):
+    """The teachers an option dict defines (``network_t``, or ``network_t1`` .. ``network_tN``), in order."""
+    return sorted((m.group(1) for m in map(TEACHER_KEY.match, opt) if m), key=lambda n: int(n[1:] or 0))
+
+
 def freeze(net):
     """Make ``net`` a frozen network: eval mode and no parameter takes a gradient."""
     net.eval()
@@ -132,6 +137,8 @@ class KDBaseModel(SRModel):
 
     Hooks for a method (each has a default):
 
+    - ``single_teacher``: True when the method distils exactly one teacher, ``network_t`` (refused otherwise).
+
     - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
       ``self.diagnostics`` are logged beside them but not optimised.
     - ``pixel_target()``: the target of ``pixel_opt``/``perceptual_opt``; ``teacher_views(name)``: the inputs of one
@@ -157,6 +164,7 @@ class KDBaseModel(SRModel):
     frozen_networks = ()
     frozen_copies = ()
     helper_networks = ()
+    single_teacher = False  # True: the method distils exactly one teacher, network_t
     # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py; 'loss': a loss dict)
     option_keys = {'train': {'teacher_inputs': None, 'feature_taps': None, 'teacher_autocast': None,
                              'teacher_cache': None, 'progressive_patches': None}}
@@ -209,11 +217,14 @@ class KDBaseModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------- networks
     def teacher_names(self):
-        names = sorted((m.group(1) for m in map(TEACHER_KEY.match, self.opt) if m), key=lambda n: int(n[1:] or 0))
+        names = option_teacher_names(self.opt)
         if not names:
             raise ValueError(f'{self.opt["model_type"]} needs a teacher: set network_t (or network_t1..network_tN)')
         if 't' in names and len(names) > 1:
             raise ValueError(f'Use either network_t or network_t1..network_tN, not both (found {names})')
+        if self.single_teacher and names != ['t']:
+            raise ValueError(f'{type(self).__name__} distils one teacher, network_t; got '
+                             f'{["network_" + name for name in names]}')
         return names
 
     def helper_names(self):

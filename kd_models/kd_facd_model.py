@@ -44,14 +44,13 @@ class KDFACDModel(KDBaseModel):
     """
 
     helper_networks = ('reg', )
+    single_teacher = True
     option_keys = {'train': {'facd': {'adaptive_image': None, 'adaptive_feature': None}, 'image_opt': 'loss',
                              'feature_opt': 'loss'}}
 
     def init_training_settings(self):
         self.check_batch_size()
         super().init_training_settings()
-        if list(self.teachers) != ['t']:
-            raise ValueError(f'KDFACDModel distils one teacher, network_t; got {list(self.teachers)}')
         train_opt = self.opt['train']
         switches = train_opt.get('facd') or {}
         unknown = sorted(set(switches) - set(SWITCHES))

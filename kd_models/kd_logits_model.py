@@ -37,12 +37,11 @@ class KDLogitsModel(KDBaseModel):
     """
 
     requires_kd_opt = True
+    single_teacher = True
     option_keys = {'train': {'kd_opt': 'loss', 'label_consistency_opt': None}}  # the latter: a loss dict + prob
 
     def init_training_settings(self):
         super().init_training_settings()
-        if list(self.teachers) != ['t']:
-            raise ValueError(f'{type(self).__name__} distils one teacher, network_t; got {list(self.teachers)}')
         kd_opt = self.opt['train'].get('kd_opt')
         if self.requires_kd_opt and not kd_opt:
             raise ValueError(f'{type(self).__name__} needs train.kd_opt, the loss between student and teacher outputs')

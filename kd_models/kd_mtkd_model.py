@@ -8,7 +8,7 @@ from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from .kd_base_model import TEACHER_KEY, KDBaseModel, weights_digest
+from .kd_base_model import KDBaseModel, option_teacher_names, weights_digest
 from .kd_eval_model import forward_padded
 
 TEACHER_LIST_KEY = 'teachers'  # the entry of the stage-1 checkpoint that holds the teacher list
@@ -36,6 +36,14 @@ def describe_teachers(teachers):
     """One line per teacher of a teacher list, for error messages and logs."""
     return '\n'.join(f'    {i}. network_{t["name"]} = {t["network"]}, weights {t["digest"][:12]} ({t["file"]})'
                      for i, t in enumerate(teachers, 1))
+
+
+def padded_teacher_outputs(model, lq):
+    """Each teacher of ``model`` on the whole LQ image ``lq`` (padded to its window size, if it has one), float32,
+    in order, in the frozen networks' context."""
+    with model.frozen_context():
+        return [forward_padded(teacher, lq, model.opt[f'network_{name}'].get('window_size') or 1,
+                               model.opt['scale']).float() for name, teacher in model.teachers.items()]
 
 
 def check_num_teachers(aggregator, option, teachers):
@@ -96,12 +104,8 @@ class KDMTKDAggregationModel(KDBaseModel):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         was_training = net.training
         net.eval()
-        scale = self.opt['scale']
+        outputs = OrderedDict(zip(self.teachers, padded_teacher_outputs(self, self.lq)))
         with torch.no_grad():
-            with self.frozen_context():
-                outputs = OrderedDict(
-                    (name, forward_padded(teacher, self.lq, self.opt[f'network_{name}'].get('window_size') or 1,
-                                          scale).float()) for name, teacher in self.teachers.items())
             self.output = net(torch.cat(list(outputs.values()), dim=1))
         net.train(was_training)
         if getattr(self, '_teacher_metric_sums', None) is not None and hasattr(self, 'gt'):
@@ -210,9 +214,8 @@ class KDMTKDModel(KDBaseModel):
     def frozen_target(self, lq):
         """I_MT, the aggregator's output on the teachers' outputs for ``lq`` (each teacher's input padded to its
         window, as in validation): what ``train.teacher_cache`` stores."""
+        outputs = padded_teacher_outputs(self, lq)
         with self.frozen_context():
-            outputs = [forward_padded(teacher, lq, self.opt[f'network_{name}'].get('window_size') or 1,
-                                      self.opt['scale']).float() for name, teacher in self.teachers.items()]
             return self.frozen['agg'](torch.cat(outputs, dim=1)).float()
 
     def forward_teachers(self):
@@ -244,7 +247,7 @@ class KDMTKDModel(KDBaseModel):
         weights for the frozen networks (``benchmarks/kd_step.py``, the tests' ``shrink_option``): each file there
         is ``{'params': state_dict}`` of the network its options build, whose digest is that of the loaded network."""
         path_opt = opt['path']
-        names = sorted((m.group(1) for m in map(TEACHER_KEY.match, opt) if m), key=lambda n: int(n[1:] or 0))
+        names = option_teacher_names(opt)
         sources = {}
         for name in names:
             file = path_opt[f'pretrain_network_{name}']

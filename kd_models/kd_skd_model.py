@@ -57,6 +57,7 @@ class KDSKDModel(KDBaseModel):
     """
 
     helper_networks = ('proj', )
+    single_teacher = True
     option_keys = {'train': {'feature_opt': 'loss', 'contrastive_opt': 'loss', 'pixel_range': None}}
 
     def init_training_settings(self):
@@ -88,8 +89,6 @@ class KDSKDModel(KDBaseModel):
                                  f'train.feature_taps has {len(paths)}: one channel count per tapped block')
         self.frozen_networks = ('vgg', ) if with_cl else ()  # the base then requires and loads network_vgg
         super().init_training_settings()
-        if list(self.teachers) != ['t']:
-            raise ValueError(f'KDSKDModel distils one teacher, network_t; got {list(self.teachers)}')
         self.cri_feat = build_loss(train_opt['feature_opt']).to(self.device)
         self.cri_contrastive = build_loss(train_opt['contrastive_opt']).to(self.device) if with_cl else None
         self._checked_taps = False

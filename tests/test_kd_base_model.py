@@ -2,7 +2,6 @@
 test; frozen teachers, exact loss values, feature taps, trainable helpers and configuration errors."""
 import copy
 import os
-import types
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import as_parsed, build_model_from, save_random_weights
-from kd_models.kd_base_model import KDBaseModel
+from kd_models.kd_base_model import KDBaseModel, option_teacher_names
 
 if 'KDTestHintModel' not in MODEL_REGISTRY:  # the registry refuses a second registration of the name
 
@@ -154,6 +153,11 @@ def test_trainable_helper_is_optimised_saved_and_restored(logits_opt, tmp_path):
     assert same_tensors(snapshot(restored), snapshot(regressor))
 
 
+def two_teachers(opt, tmp_path):
+    opt['network_t1'] = opt['network_t2'] = opt.pop('network_t')
+    opt['path']['pretrain_network_t1'] = opt['path']['pretrain_network_t2'] = opt['path'].pop('pretrain_network_t')
+
+
 def other_arch_weights(opt, tmp_path):
     path = save_random_weights(dict(opt['network_t'], num_feat=8), str(tmp_path / 'other.pth'))
     opt['path']['pretrain_network_t'] = path
@@ -169,9 +173,10 @@ def other_arch_weights(opt, tmp_path):
         (other_arch_weights, RuntimeError, ['path.pretrain_network_t', 'other.pth']),
         (lambda o, p: o['train'].update(teacher_autocast='fp8'), ValueError, ['train.teacher_autocast', 'fp8']),
         (lambda o, p: o['train']['optim_g'].update(type='Adamm'), ValueError, ['train.optim_g.type = Adamm']),
+        (two_teachers, ValueError, ['KDLogitsModel distils one teacher, network_t', 'network_t1', 'network_t2']),
     ],
     ids=['missing file', 'not set', 'teacher scale', 'not ignored on resume', 'other arch', 'autocast fp8',
-         'optimiser'])
+         'optimiser', 'two teachers'])
 def test_bad_configuration_fails_at_build_naming_the_option(logits_opt, tmp_path, change, error, words):
     opt = copy.deepcopy(logits_opt)
     change(opt, tmp_path)
@@ -198,7 +203,7 @@ def test_teacher_list_forms(logits_opt, tmp_path):
         build_model_from(opt, str(tmp_path / 'exp'))
     multi = {k: v for k, v in opt.items() if k not in ('network_t', 'network_t1')}
     multi.update({f'network_t{i}': opt['network_t'] for i in (10, 2, 1)})
-    assert KDBaseModel.teacher_names(types.SimpleNamespace(opt=multi)) == ['t1', 't2', 't10']
+    assert option_teacher_names(multi) == ['t1', 't2', 't10']
 
 
 def test_taps_fire_when_the_student_is_wrapped_in_ddp(logits_opt, tmp_path):
