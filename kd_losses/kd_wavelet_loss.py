@@ -24,7 +24,7 @@ def check_levels(levels):
         raise ValueError(f'levels must be a positive integer, got {levels!r}')
 
 
-def haar_dwt(x, levels=1):
+def haar_dwt(x, levels=1, basis=None):
     """K-level orthonormal 2-D Haar DWT over the last two dims; the LL band is decomposed further at each level.
 
     An odd height or width is extended by repeating its last row or column once before each level, which for the
@@ -34,6 +34,7 @@ def haar_dwt(x, levels=1):
     Args:
         x (Tensor): (..., H, W), any H, W >= 1.
         levels (int): Decomposition levels K >= 1.
+        basis (Tensor | None): ``haar_basis()`` on ``x``'s device and dtype, to reuse across calls; built when None.
 
     Returns:
         tuple[Tensor, list[Tensor]]: LL_K, (..., H_K, W_K); and the detail bands of levels 1 (finest) to K, each
@@ -42,7 +43,7 @@ def haar_dwt(x, levels=1):
     check_levels(levels)
     if x.dim() < 2:
         raise ValueError(f'haar_dwt needs a tensor of at least 2 dims (..., H, W), got shape {tuple(x.shape)}')
-    basis = haar_basis(x.dtype, x.device)
+    basis = haar_basis(x.dtype, x.device) if basis is None else basis
     ll, details = x, []
     for _ in range(levels):
         if ll.shape[-2] % 2:
@@ -116,6 +117,7 @@ class KDWaveletLoss(nn.Module):
         check_levels(levels)
         self.levels = levels
         self.loss_weight = loss_weight
+        self.register_buffer('basis', haar_basis(), persistent=False)  # moves with the loss: no copy per step
 
     def forward(self, pred, target):
         """
@@ -129,7 +131,7 @@ class KDWaveletLoss(nn.Module):
         if pred.shape != target.shape:
             raise ValueError(f'pred and target must have the same shape, got {tuple(pred.shape)} and '
                              f'{tuple(target.shape)}')
-        ll, details = haar_dwt(pred - target, self.levels)
+        ll, details = haar_dwt(pred - target, self.levels, self.basis.to(pred))
         # the three detail bands of a level have the same size: the sum of their means is 3 x the mean of the stack
         band_sum = ll.abs().mean() + sum(3 * detail.abs().mean() for detail in details)
         return self.loss_weight * band_sum / (3 * self.levels + 1)
