@@ -73,21 +73,12 @@ def timed(fn, device, steps, warmup):
 
 def training_opt(opt, workdir, device, amp):
     """The option dict as train.py would parse it, with random-weight files for the frozen networks."""
-    import torch
-    from basicsr.archs import build_network
-    opt = copy.deepcopy(opt)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False, num_gpu=int(device == 'cuda'))
-    opt.pop('datasets', None)
-    for key in opt['path'].get('ignore_resume_networks') or []:
-        path = os.path.join(workdir, f'{key}.pth')
-        torch.save({'params': build_network(opt[key]).state_dict()}, path)
-        opt['path'][f'pretrain_{key}'] = path
     from basicsr.utils.registry import MODEL_REGISTRY
-    stamp = getattr(MODEL_REGISTRY.get(opt['model_type']), 'stamp_random_frozen_files', None)
-    if stamp is not None:  # e.g. MTKD's aggregator file records the teachers it was trained on
-        stamp(opt)
-    for key in ('experiments_root', 'models', 'training_states', 'log', 'visualization'):
-        opt['path'][key] = workdir
+    from basicsr_kd.parsed_options import parsed_options
+    opt = copy.deepcopy(opt)
+    opt.pop('datasets', None)
+    MODEL_REGISTRY.get(opt['model_type']).write_random_frozen_files(opt, workdir)
+    opt = parsed_options(opt, workdir, num_gpu=int(device == 'cuda'))
     opt['train']['teacher_autocast'] = amp
     opt['train'].pop('progressive_patches', None)  # the benchmark's batch has the patch and batch sizes it times
     return opt
@@ -96,11 +87,10 @@ def training_opt(opt, workdir, device, amp):
 def cached_training_opt(opt, workdir, build_model):
     """``opt`` taking its targets from a cache (``train.teacher_cache``) whose manifest is made for it in ``workdir``
     (the targets themselves come with the synthetic batch)."""
+    from datasets_prep.cache_teacher_outputs import write_manifest
     opt = copy.deepcopy(opt)
     opt['datasets'] = {'train': {'type': 'KDCachedTargetDataset', 'dataroot_lq': workdir, 'dataroot_target': workdir}}
-    manifest = build_model(copy.deepcopy(opt)).cache_manifest()
-    with open(os.path.join(workdir, 'manifest.json'), 'w') as f:
-        json.dump(manifest, f)
+    write_manifest(workdir, build_model(copy.deepcopy(opt)).cache_manifest(), overwrite=True)
     opt['train']['teacher_cache'] = workdir
     return opt
 

@@ -20,13 +20,11 @@ Then train with the cache: in the option file, ``datasets.train.type: KDCachedTa
 ``datasets.train.dataroot_target`` and ``train.teacher_cache`` both set to that folder.
 """
 import argparse
-import copy
 import json
 import os
 import tempfile
 from contextlib import nullcontext
 
-import cv2
 import numpy as np
 import torch
 import yaml
@@ -36,25 +34,21 @@ import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_meta_info_file
 from basicsr.utils import img2tensor
 from basicsr_kd.compat import patch_basicsr
+from basicsr_kd.parsed_options import parsed_options
 from basicsr_kd.registration import register_plugin
+from datasets_prep.common import read_image, write_image, write_text
 from kd_models.kd_cached_target_dataset import CACHE_MANIFEST, cached_target_path
 from kd_models.kd_eval_model import forward_tiled
 
 AMP = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def build_model(opt, device):
-    """The option file's distillation model as train.py builds it (its frozen networks loaded), on ``device``."""
+def build_model(opt, device, workdir):
+    """The option file's distillation model as train.py builds it (its frozen networks loaded), on ``device``, its
+    experiment folders in ``workdir``."""
     from basicsr.models import build_model as basicsr_build_model
-    opt = copy.deepcopy(opt)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False,
-               num_gpu=1 if device.type == 'cuda' else 0)
+    opt = parsed_options(opt, workdir, num_gpu=1 if device.type == 'cuda' else 0)
     opt['train'].pop('teacher_cache', None)  # the cache is what is being built
-    workdir = tempfile.mkdtemp(prefix='cache_teacher_outputs_')
-    for key in ('experiments_root', 'models', 'training_states', 'log', 'visualization'):
-        opt['path'][key] = workdir
-    for phase, dataset in opt.get('datasets', {}).items():
-        dataset.update(phase=phase.split('_')[0], scale=opt.get('scale', 1))
     return basicsr_build_model(opt)
 
 
@@ -84,10 +78,7 @@ def write_manifest(folder, manifest, overwrite):
             raise ValueError(f'{folder} holds targets of other options (they differ in {differing}); use another '
                              '--out, or --overwrite to rebuild it')
         return
-    os.makedirs(folder, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(path + '.tmp', path)
+    write_text(path, json.dumps(manifest, indent=2))
 
 
 def to_uint16(target):
@@ -101,7 +92,8 @@ def cache_targets(opt, out, tile=512, overlap=160, amp=None, device=None, overwr
     device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     register_plugin()
     patch_basicsr()
-    model = build_model(opt, device)
+    with tempfile.TemporaryDirectory(prefix='cache_teacher_outputs_') as workdir:
+        model = build_model(opt, device, workdir)
     if rank == 0:
         write_manifest(out, model.cache_manifest(), overwrite)
     autocast = torch.autocast(device.type, dtype=AMP[amp]) if amp else nullcontext()
@@ -111,15 +103,10 @@ def cache_targets(opt, out, tile=512, overlap=160, amp=None, device=None, overwr
         path = cached_target_path(out, gt_path)
         if os.path.isfile(path) and not overwrite:
             continue
-        lq = img2tensor(cv2.imread(lq_path, cv2.IMREAD_COLOR).astype(np.float32) / 255., bgr2rgb=True)
+        lq = img2tensor(read_image(lq_path).astype(np.float32) / 255., bgr2rgb=True)
         with torch.no_grad(), autocast:
             target = forward_tiled(model.frozen_target, lq[None].to(device), tile, overlap, scale)
-        ok, data = cv2.imencode('.png', to_uint16(target))
-        if not ok:
-            raise OSError(f'cannot encode the target of {gt_path}')
-        with open(path + '.tmp', 'wb') as f:
-            f.write(data.tobytes())
-        os.replace(path + '.tmp', path)
+        write_image(path, to_uint16(target))
         written += 1
     return written
 

@@ -644,6 +644,18 @@ class KDBaseModel(SRModel):
             self.save_network(net, f'net_{name}', current_iter)
         super().save(epoch, current_iter)
 
+    @classmethod
+    def write_random_frozen_files(cls, opt, folder, seed=0):
+        """For the tools that run without pretrained files (the tests, ``benchmarks/kd_step.py``): random weights
+        (seeded) for every frozen network of ``opt`` (``path.ignore_resume_networks``), saved in BasicSR's layout as
+        ``<folder>/<name>_<network key>.pth`` and set as its ``path.pretrain_network_*``; ``opt`` changes in place.
+        A method whose frozen files carry more than weights adds it (MTKD's aggregator: its teacher list)."""
+        for key in opt['path'].get('ignore_resume_networks') or []:
+            torch.manual_seed(seed)
+            path = os.path.join(folder, f'{opt["name"]}_{key}.pth')
+            torch.save({'params': build_network(opt[key]).state_dict()}, path)
+            opt['path'][f'pretrain_{key}'] = path
+
     def test(self):
         """SRModel's test; a student with ``window_size`` (SwinIR) gets its input reflect-padded to a multiple of
         the window and its output cropped back, as BasicSR's SwinIRModel does (validation images are any size)."""

@@ -242,10 +242,11 @@ class KDMTKDModel(KDBaseModel):
         return super().floor_forwards() + [('agg', torch.cat(list(teacher_outputs.values()), dim=1))]
 
     @classmethod
-    def stamp_random_frozen_files(cls, opt):
-        """Give the aggregator file of ``opt`` the teacher list of ``opt``'s teachers, for tools that write random
-        weights for the frozen networks (``benchmarks/kd_step.py``, the tests' ``shrink_option``): each file there
-        is ``{'params': state_dict}`` of the network its options build, whose digest is that of the loaded network."""
+    def write_random_frozen_files(cls, opt, folder, seed=0):
+        """The random frozen files of ``KDBaseModel``, and the aggregator's file given the teacher list of
+        ``opt``'s teachers (each file is ``{'params': state_dict}`` of the network its options build, whose digest
+        is that of the loaded network)."""
+        super().write_random_frozen_files(opt, folder, seed)
         path_opt = opt['path']
         names = option_teacher_names(opt)
         sources = {}

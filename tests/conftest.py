@@ -14,10 +14,12 @@ import torch
 import yaml
 
 from basicsr_kd.compat import patch_basicsr
+from basicsr_kd.parsed_options import parsed_options
 from basicsr_kd.registration import register_plugin
 from basicsr.archs import build_network
 from basicsr.utils.registry import MODEL_REGISTRY
 from datasets_prep.make_demo_sr import build_demo_set
+from kd_models.kd_base_model import KDBaseModel
 
 register_plugin()
 patch_basicsr()  # in-process models run as under train.py (DDP on CPU, resume on CPU)
@@ -93,13 +95,9 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
     for key in [k for k in opt if k.startswith('network_')]:
         opt[key] = shrink_network(opt[key])
     shrink_paired_channels(opt, original)
-    for key in [k for k in opt if k.startswith('network_')]:
-        pretrain = f'pretrain_{key}'
-        if key in (opt['path'].get('ignore_resume_networks') or []):
-            opt['path'][pretrain] = save_random_weights(opt[key], os.path.join(workdir, f'{name}_{key}.pth'))
-    stamp = getattr(MODEL_REGISTRY.get(opt['model_type']), 'stamp_random_frozen_files', None)
-    if stamp is not None:  # e.g. MTKD's aggregator file records the teachers it was trained on
-        stamp(opt)
+    model_class = MODEL_REGISTRY.get(opt['model_type'])
+    if issubclass(model_class, KDBaseModel):  # SRModel (the teacher-training files) has no frozen networks
+        model_class.write_random_frozen_files(opt, workdir)
     opt['train'].update(total_iter=total_iter, warmup_iter=-1)
     if opt['train'].get('progressive_patches'):  # the schedule's structure at shrunk sizes: the usual patch, then
         # twice its side (the VQGAN's f16 encoder needs 16 at least), loaded at the largest
@@ -155,24 +153,10 @@ def restoration_root(demo_root, tmp_path_factory):
     return root
 
 
-def as_parsed(opt, experiments_root, is_train=True):
-    """Add the keys BasicSR's ``parse_options`` adds (single process, no resume) and create the folders."""
-    opt = copy.deepcopy(opt)
-    opt.update(is_train=is_train, dist=False, rank=0, world_size=1, auto_resume=False)
-    folders = {'experiments_root': '', 'models': 'models', 'training_states': 'training_states', 'log': '',
-               'visualization': 'visualization'}
-    for key, sub in folders.items():
-        opt['path'][key] = os.path.join(experiments_root, sub)
-        os.makedirs(opt['path'][key], exist_ok=True)
-    for phase, dataset in opt.get('datasets', {}).items():
-        dataset.update(phase=phase.split('_')[0], scale=opt['scale'])
-    return opt
-
-
 def build_model_from(opt, experiments_root, is_train=True):
     """A BasicSR model built in-process, as ``train.py`` builds it."""
     from basicsr.models import build_model
-    return build_model(as_parsed(opt, experiments_root, is_train))
+    return build_model(parsed_options(opt, experiments_root, is_train))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from basicsr.models import build_model
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import as_parsed, build_model_from, save_random_weights
+from conftest import parsed_options, build_model_from, save_random_weights
 from kd_models.kd_base_model import KDBaseModel, option_teacher_names
 
 if 'KDTestHintModel' not in MODEL_REGISTRY:  # the registry refuses a second registration of the name
@@ -209,7 +209,7 @@ def test_teacher_list_forms(logits_opt, tmp_path):
 def test_taps_fire_when_the_student_is_wrapped_in_ddp(logits_opt, tmp_path):
     opt = copy.deepcopy(logits_opt)
     opt['train']['feature_taps'] = {'network_g': ['body.0']}
-    parsed = as_parsed(opt, str(tmp_path / 'exp'))
+    parsed = parsed_options(opt, str(tmp_path / 'exp'))
     parsed['dist'] = True
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/rendezvous', rank=0, world_size=1)
     try:

@@ -9,7 +9,7 @@ import pytest
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from basicsr_kd.option_keys import MARKERS, UnknownOptionKey, check_option_keys, matching, option_spec, unknown_keys
-from conftest import OPTIONS, ROOT, as_parsed, load_option, random_batch, run_train, shrink_option
+from conftest import OPTIONS, ROOT, parsed_options, load_option, random_batch, run_train, shrink_option
 
 ALL_OPTIONS = sorted(glob.glob(os.path.join(OPTIONS, '**', '*.yml'), recursive=True))
 BASICSR_OPTIONS = sorted(glob.glob(os.path.join(ROOT, 'tests', 'basicsr_options', '*.yml')))
@@ -156,7 +156,7 @@ def test_a_model_reads_only_keys_it_declares(path, request, tmp_path):
     opt = load_option(path)
     data_root = request.getfixturevalue('restoration_root' if opt['scale'] == 1 else 'demo_root')
     opt = shrink_option(opt, data_root, str(tmp_path), 'reads')
-    parsed = as_parsed(opt, str(tmp_path / 'exp'))
+    parsed = parsed_options(opt, str(tmp_path / 'exp'))
     reads = set()
     model = MODEL_REGISTRY.get(opt['model_type'])(Recording(parsed, reads))  # build_model would copy the dict
     patch = opt['datasets']['train']['gt_size'] // opt['scale']
