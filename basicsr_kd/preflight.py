@@ -23,8 +23,8 @@ def check_option_file(opt_path, data=True):
     check_registered_types(opt)
     check_option_keys(opt, opt_path)
     for phase, dataset_opt in (opt.get('datasets') or {}).items() if data else ():
-        check_dataset_folders(dataset_opt, f'datasets.{phase}')
-        check_disk_patch_size(dataset_opt, f'datasets.{phase}')
+        names = check_dataset_folders(dataset_opt, f'datasets.{phase}')
+        check_disk_patch_size(dataset_opt, f'datasets.{phase}', names.get('dataroot_gt'))
 
 
 def check_registered_types(opt):
@@ -53,10 +53,16 @@ def image_names(folder):
     return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
+def on_disk(dataset_opt):
+    """Whether a dataset reads image files (BasicSR's default backend), not LMDB or memory."""
+    return (dataset_opt.get('io_backend') or {}).get('type', 'disk') == 'disk'
+
+
 def check_dataset_folders(dataset_opt, where):
-    """Folders on disk must exist and hold images; GT and LQ folders read without meta info must pair up."""
-    if (dataset_opt.get('io_backend') or {}).get('type', 'disk') != 'disk':
-        return
+    """Folders on disk must exist and hold images; GT and LQ folders read without meta info must pair up. Returns
+    {dataroot key: its image names} (empty for a set not on disk)."""
+    if not on_disk(dataset_opt):
+        return {}
     roots = {key: dataset_opt[key] for key in ('dataroot_gt', 'dataroot_lq') if dataset_opt.get(key)}
     names = {}
     for key, folder in roots.items():
@@ -75,6 +81,7 @@ def check_dataset_folders(dataset_opt, where):
             raise ValueError(f'{where}: dataroot_gt ({len(names["dataroot_gt"])} images) and dataroot_lq '
                              f'({len(lq_names)} images) do not pair with filename_tmpl "{template}"; GT images '
                              f'without an LQ partner: {unpaired[:5]}')
+    return names
 
 
 def image_size(path):
@@ -84,6 +91,12 @@ def image_size(path):
             return img.size[1], img.size[0]
     except OSError as error:
         raise ValueError(f'{path}: not a readable image ({error})') from None
+
+
+def patch_size_to_check(dataset_opt):
+    """The ``gt_size`` every GT image of a set must reach, or None: no patches, or the set pads smaller pairs
+    (``pad_to_gt_size``, KDPairedImageDataset)."""
+    return None if dataset_opt.get('pad_to_gt_size') else dataset_opt.get('gt_size')
 
 
 def check_patch_size(gt_sizes, gt_size, where):
@@ -96,14 +109,14 @@ def check_patch_size(gt_sizes, gt_size, where):
                          'crop larger sub-images or lower gt_size')
 
 
-def check_disk_patch_size(dataset_opt, where):
-    """``check_patch_size`` for a training set on disk that does not pad its small pairs (``pad_to_gt_size``)."""
-    gt_size, folder = dataset_opt.get('gt_size'), dataset_opt.get('dataroot_gt')
-    if dataset_opt.get('pad_to_gt_size'):
-        return
-    if gt_size and folder and (dataset_opt.get('io_backend') or {}).get('type', 'disk') == 'disk':
-        check_patch_size([(name, image_size(os.path.join(folder, name))) for name in image_names(folder)], gt_size,
-                         where)
+def check_disk_patch_size(dataset_opt, where, gt_names=None):
+    """``check_patch_size`` for a set on disk, from the image headers (``gt_names``: the GT folder's images, as
+    ``check_dataset_folders`` listed them; listed here when None)."""
+    gt_size, folder = patch_size_to_check(dataset_opt), dataset_opt.get('dataroot_gt')
+    if gt_size and folder and on_disk(dataset_opt):
+        folder = os.path.expanduser(folder)
+        names = image_names(folder) if gt_names is None else gt_names
+        check_patch_size([(name, image_size(os.path.join(folder, name))) for name in names], gt_size, where)
 
 
 def main(argv=None):

@@ -35,6 +35,7 @@ from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_m
 from basicsr.utils import img2tensor
 from basicsr_kd.compat import patch_basicsr
 from basicsr_kd.parsed_options import parsed_options
+from basicsr_kd.preflight import on_disk
 from basicsr_kd.registration import register_plugin
 from datasets_prep.common import read_image, write_image, write_text
 from kd_models.kd_cached_target_dataset import CACHE_MANIFEST, cached_target_path
@@ -55,7 +56,7 @@ def build_model(opt, device, workdir):
 def training_pairs(opt):
     """[(LQ path, GT path)] of the option file's training set (disk; meta_info_file and filename_tmpl honoured)."""
     train_set = opt['datasets']['train']
-    if (train_set.get('io_backend') or {}).get('type', 'disk') != 'disk':
+    if not on_disk(train_set):
         raise ValueError('datasets.train.io_backend: the cache is built from images on disk (convert the LMDB back '
                          'or point a copy of the option file at the image folders)')
     folders, tmpl = [train_set['dataroot_lq'], train_set['dataroot_gt']], train_set.get('filename_tmpl', '{}')

@@ -27,7 +27,7 @@ import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.utils.options import ordered_yaml
 from datasets_prep.common import OFFICIAL_COUNTS, check_count, image_size, make_parser, run
 from basicsr_kd.option_keys import check_option_keys
-from basicsr_kd.preflight import check_dataset_folders, check_patch_size, image_names
+from basicsr_kd.preflight import check_dataset_folders, check_patch_size, image_names, patch_size_to_check
 from basicsr_kd.registration import register_plugin
 
 # dataset ``name`` of a validation/test entry -> key of OFFICIAL_COUNTS
@@ -115,8 +115,8 @@ def check_dataset(dataset_opt, where, scale, expect=True):
             name, gt, lq = wrong[0]
             raise ValueError(f'{where}: {len(wrong)} pairs whose GT size is not {scale} x the LQ size, e.g. {name}: '
                              f'GT {gt[0]}x{gt[1]}, LQ {lq[0]}x{lq[1]}')
-    if entries[0][1] is not None and not dataset_opt.get('pad_to_gt_size'):  # GT sizes known, small pairs not padded
-        check_patch_size([(name, gt) for name, gt, _ in entries], dataset_opt.get('gt_size'), where)
+    if entries[0][1] is not None:  # GT sizes known
+        check_patch_size([(name, gt) for name, gt, _ in entries], patch_size_to_check(dataset_opt), where)
     official = TEST_SETS.get(dataset_opt.get('name')) if not where.split('.')[-1].startswith('train') else None
     if official:
         check_count(len(entries), official, where, expect)
