@@ -47,7 +47,6 @@ class KDFeatureProjector(nn.Module):
             raise ValueError(f'KDFeatureProjector: dim must be a positive integer, got {dim}')
         if teacher_side not in ('frozen', 'trainable'):
             raise ValueError(f"KDFeatureProjector: teacher_side must be 'frozen' or 'trainable', got {teacher_side!r}")
-        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
         self.student_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in student_channels)
         self.teacher_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in teacher_channels)
         self.teacher_side = teacher_side
@@ -71,7 +70,7 @@ class KDFeatureProjector(nn.Module):
             if student.dim() != 4 or teacher.dim() != 4:
                 raise ValueError(f'KDFeatureProjector: tap {index} features must be NCHW, got student '
                                  f'{tuple(student.shape)} and teacher {tuple(teacher.shape)}')
-            expected = (self.student_channels[index], self.teacher_channels[index])
+            expected = (self.student_proj[index].in_channels, self.teacher_proj[index].in_channels)
             if (student.shape[1], teacher.shape[1]) != expected:
                 raise ValueError(f'KDFeatureProjector: tap {index} has {student.shape[1]} student and '
                                  f'{teacher.shape[1]} teacher channels; student_channels/teacher_channels say '
