@@ -17,7 +17,7 @@ from basicsr_kd.compat import patch_basicsr
 from basicsr_kd.parsed_options import parsed_options
 from basicsr_kd.registration import register_plugin
 from basicsr.archs import build_network
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from datasets_prep.make_demo_sr import build_demo_set
 from kd_models.kd_base_model import KDBaseModel
 
@@ -159,18 +159,17 @@ def build_model_from(opt, experiments_root, is_train=True):
     return build_model(parsed_options(opt, experiments_root, is_train))
 
 
-@pytest.fixture
-def logits_opt(demo_root, tmp_path):
-    """options/logits_edsr_x2.yml with 16 channels, 2 student and 3 teacher blocks, a random teacher in tmp_path."""
+def tiny_logits_opt(demo_root, workdir):
+    """options/logits_edsr_x2.yml with 16 channels, 2 student and 3 teacher blocks, a random teacher in ``workdir``."""
     opt = load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml'))
     opt['network_g']['num_block'], opt['network_t']['num_block'] = 2, 3
-    return shrink_option(opt, demo_root, str(tmp_path), 'logits')
+    return shrink_option(opt, demo_root, str(workdir), 'logits')
 
 
 @pytest.fixture
-def shrunk_logits_opt(demo_root, tmp_path):
-    """options/logits_edsr_x2.yml shrunk, its teacher saved with random weights in tmp_path."""
-    return shrink_option(load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml')), demo_root, str(tmp_path), 'logits')
+def logits_opt(demo_root, tmp_path):
+    """``tiny_logits_opt`` in the test's tmp_path."""
+    return tiny_logits_opt(demo_root, tmp_path)
 
 
 TRAINING_STEP = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+), lr:\(([^)]*)\)\]')
@@ -231,6 +230,22 @@ def snapshot(net):
 def same_tensors(a, b):
     """Two state dicts with the same keys and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def fixed(*shape, seed=0, dtype=torch.float64):
+    """Seeded standard-normal inputs for the loss tests (float64 by default, for the loop references)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def loss(name, **kwargs):
+    """A loss built through BasicSR's registry, as an option file builds it."""
+    return LOSS_REGISTRY.get(name)(**kwargs)
+
+
+def mae_by_loop(x, y):
+    """Mean absolute difference of two tensors, element by element (a loop reference for the loss tests)."""
+    xs, ys = x.flatten().tolist(), y.flatten().tolist()
+    return sum(abs(a - b) for a, b in zip(xs, ys)) / len(xs)
 
 
 def random_batch(seed=0, scale=2, batch=2, size=16):

@@ -13,6 +13,7 @@ import torch.serialization
 import torchvision.transforms.functional as tv_functional
 from basicsr.models.base_model import BaseModel
 from basicsr.models.lr_scheduler import MultiStepRestartLR
+from basicsr.utils import get_root_logger
 from torch.nn.parallel import DistributedDataParallel
 
 import basicsr_kd
@@ -115,6 +116,14 @@ def test_model_to_device_wraps_in_ddp_without_device_ids_on_cpu(tmp_path):
     assert wrapped.device_ids is None and wrapped.device_type == 'cpu'
 
 
+def resume_opt(tmp_path, **path):
+    """The options ``load_resume_state`` reads for an ``--auto_resume`` run with a teacher, its states in
+    ``tmp_path/training_states``; ``path`` adds keys to ``path``."""
+    return {'auto_resume': True, 'network_g': {}, 'network_t': {},
+            'path': {'training_states': str(tmp_path / 'training_states'), 'models': str(tmp_path / 'models'),
+                     'resume_state': None, 'ignore_resume_networks': ['network_t'], **path}}
+
+
 # ------------------------------------------------------------------------ fix 4: resume on CPU
 def training_state(iteration):
     """A training state as BasicSR's ``save_training_state`` writes it: optimiser and (Counter-holding) scheduler."""
@@ -140,17 +149,7 @@ def test_resume_state_is_the_newest_and_loaded_to_cpu(tmp_path, monkeypatch):
             torch.save(training_state(iteration), states / f'{iteration}.state')
     with pytest.raises(RuntimeError, match='CUDA'):  # what a load without the fix meets on this machine
         torch.load(states / '10.state')
-    opt = {
-        'auto_resume': True,
-        'network_g': {},
-        'network_t': {},
-        'path': {
-            'training_states': str(states),
-            'models': str(tmp_path / 'models'),
-            'resume_state': None,
-            'ignore_resume_networks': ['network_t']
-        }
-    }
+    opt = resume_opt(tmp_path)
     state = basicsr_compat.load_resume_state(opt)
     assert state['iter'] == 10
     adam = state['optimizers'][0]['state'][0]
@@ -171,7 +170,12 @@ def test_auto_resume_skips_a_truncated_newest_state_with_a_warning(tmp_path, cap
         (states / f'{iteration}.state').write_bytes(data[:len(data) // 2])
     opt = {'auto_resume': True, 'network_g': {}, 'path': {'training_states': str(states), 'models': str(tmp_path),
                                                           'resume_state': None}}
-    state = basicsr_compat.load_resume_state(opt)
+    logger = get_root_logger()  # BasicSR's logger does not propagate to the root logger caplog listens to
+    logger.addHandler(caplog.handler)
+    try:
+        state = basicsr_compat.load_resume_state(opt)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert state['iter'] == 2 and opt['path']['resume_state'] == str(states / '2.state')
     skipped = [record.getMessage() for record in caplog.records if 'does not load' in record.getMessage()]
     assert len(skipped) == 2 and '6.state' in skipped[0] and '4.state' in skipped[1]
@@ -182,19 +186,7 @@ def test_resume_keeps_the_param_key_of_frozen_networks(tmp_path):
     states = tmp_path / 'training_states'
     states.mkdir()
     torch.save(training_state(4), states / '4.state')
-    opt = {
-        'auto_resume': True,
-        'network_g': {},
-        'network_t': {},
-        'path': {
-            'training_states': str(states),
-            'models': str(tmp_path / 'models'),
-            'resume_state': None,
-            'ignore_resume_networks': ['network_t'],
-            'param_key_g': 'params_ema',
-            'param_key_t': 'params_ema'
-        }
-    }
+    opt = resume_opt(tmp_path, param_key_g='params_ema', param_key_t='params_ema')
     basicsr_compat.load_resume_state(opt)
     assert opt['path']['param_key_g'] == 'params'  # BasicSR's rule for the student: it resumes its raw weights
     assert opt['path']['param_key_t'] == 'params_ema'  # the teacher keeps the weights it started with

@@ -6,29 +6,16 @@ import torch
 
 import kd_archs  # noqa: F401
 import kd_losses  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def loss(name, **kwargs):
-    return LOSS_REGISTRY.get(name)(**kwargs)
-
-
-def mean_abs_by_loop(x, y):
-    """mean |x − y| over every element, one element at a time."""
-    xs, ys = x.flatten().tolist(), y.flatten().tolist()
-    return sum(abs(a - b) for a, b in zip(xs, ys)) / len(xs)
+from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import fixed, loss, mae_by_loop
 
 
 def dynamic_contrastive_by_loops(anchor, positive, negatives, layer_weights, eps, loss_weight):
     """Eq. 5: Σ_i λ_i · ‖f_anc − f_pos‖₁ / (Σ_j ‖f_anc − f_neg,j‖₁ + eps), ‖·‖₁ the mean over the layer tensor."""
     total = 0.0
     for weight, anc, pos, negs in zip(layer_weights, anchor, positive, negatives):
-        denominator = sum(mean_abs_by_loop(anc, negs[j]) for j in range(negs.shape[0]))
-        total += weight * mean_abs_by_loop(anc, pos) / (denominator + eps)
+        denominator = sum(mae_by_loop(anc, negs[j]) for j in range(negs.shape[0]))
+        total += weight * mae_by_loop(anc, pos) / (denominator + eps)
     return loss_weight * total
 
 

@@ -7,25 +7,12 @@ import torch
 
 import kd_archs  # noqa: F401
 import kd_losses  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY
 from kd_archs.kd_regressor_arch import normalize_per_sample as regressor_normalize
 from kd_losses.kd_contrastive_ratio import other_samples
 from kd_losses.kd_facd_loss import adaptive_indicator
 from kd_losses.kd_facd_loss import normalize_per_sample as loss_normalize
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def loss(name, **kwargs):
-    return LOSS_REGISTRY.get(name)(**kwargs)
-
-
-def mae_by_loop(x, y):
-    """One sample's mean absolute error, element by element."""
-    xs, ys = x.flatten().tolist(), y.flatten().tolist()
-    return sum(abs(a - b) for a, b in zip(xs, ys)) / len(xs)
+from conftest import fixed, loss, mae_by_loop
 
 
 def normalized_by_loop(x):

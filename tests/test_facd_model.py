@@ -9,27 +9,14 @@ test_option_files.py; the fork run is in test_basicsr_fork.py.
 """
 import copy
 import math
-import os
 
 import pytest
 import torch
 
-from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
-                      load_option, random_batch, same_tensors, save_random_weights, shrink_option, snapshot,
-                      two_rank_run)
-from test_facd_losses import facd_by_loops, mae_by_loop
-from test_feature_model import edsr_features
-
-TEACHER_WIDTH = 24  # the shrunk student has 16 channels: the regressor must bridge them
-
-
-def facd_opt(demo_root, tmp_path, option='facd_edsr_x2.yml', name='facd'):
-    """``option`` shrunk, with a 24-channel random teacher (and regressor output) in tmp_path."""
-    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), name)
-    opt['network_t']['num_feat'] = TEACHER_WIDTH
-    save_random_weights(opt['network_t'], opt['path']['pretrain_network_t'], seed=1)
-    opt['network_reg']['out_channels'] = [TEACHER_WIDTH] * 3
-    return opt
+from conftest import (assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
+                      mae_by_loop, random_batch, same_tensors, snapshot, two_rank_run)
+from test_facd_losses import facd_by_loops
+from test_feature_model import edsr_features, shrunk_feature_opt
 
 
 def regress_by_hand(state, students):
@@ -66,7 +53,7 @@ def batch_where_the_student_wins_on_sample_0(model, seed=0):
                          ids=['facd', 'adaptive image only (Tab. 11 off)', 'fcd'])
 def test_logged_losses_equal_the_printed_formulas_with_each_switch(demo_root, tmp_path, adaptive_image,
                                                                    adaptive_feature):
-    opt = facd_opt(demo_root, tmp_path)
+    opt = shrunk_feature_opt('facd', demo_root, tmp_path)
     opt['train']['facd'] = {'adaptive_image': adaptive_image, 'adaptive_feature': adaptive_feature}
     model = build_model_from(opt, str(tmp_path / 'exp'))
     taps, feature_opt = opt['train']['feature_taps'], opt['train']['feature_opt']
@@ -99,7 +86,7 @@ def test_logged_losses_equal_the_printed_formulas_with_each_switch(demo_root, tm
 
 
 def test_gradients_reach_the_student_and_every_regressor_weight_only(demo_root, tmp_path):
-    opt = facd_opt(demo_root, tmp_path)
+    opt = shrunk_feature_opt('facd', demo_root, tmp_path)
     model = build_model_from(opt, str(tmp_path / 'exp'))
     teacher, regressor = model.teachers['t'], model.helpers['reg']
     teacher_before, regressor_before, student_before = snapshot(teacher), snapshot(regressor), snapshot(model.net_g)
@@ -118,7 +105,7 @@ def test_gradients_reach_the_student_and_every_regressor_weight_only(demo_root, 
 
 def test_all_alpha_zero_switches_the_feature_term_off(demo_root, tmp_path):
     """Where the student beats the teacher on every sample, FACD distils no feature (Eq. 4) and L_SR is L1 to GT."""
-    model = build_model_from(facd_opt(demo_root, tmp_path), str(tmp_path / 'exp'))
+    model = build_model_from(shrunk_feature_opt('facd', demo_root, tmp_path), str(tmp_path / 'exp'))
     batch = random_batch(batch=3)
     with torch.no_grad():
         batch['gt'] = model.net_g(batch['lq'])
@@ -155,14 +142,14 @@ def edit(opt, path, value):
         'no normalisation', 'no regressor', 'taps not paired', 'weights not per tap', 'image loss type',
         'no feature loss'])
 def test_a_wrong_configuration_fails_before_the_first_step_naming_the_key(demo_root, tmp_path, path, value, words):
-    opt = facd_opt(demo_root, tmp_path)
+    opt = shrunk_feature_opt('facd', demo_root, tmp_path)
     edit(opt, path, copy.deepcopy(value))
     with pytest.raises(ValueError, match=words):
         build_model_from(opt, str(tmp_path / 'exp'))
 
 
 def test_two_cpu_ranks_hold_identical_students_and_regressors(demo_root, tmp_path):
-    opt = facd_opt(demo_root, tmp_path, option='fcd_edsr_x2.yml', name='ddp')  # FCD: α = 0 (a random teacher worse
+    opt = shrunk_feature_opt('fcd', demo_root, tmp_path, 'ddp')  # FCD: α = 0 (a random teacher worse
     # than the student on every sample) would leave the regressor without gradient
     opt['model_type'] = 'KDRecordingFACDModel'
     init, final, _ = two_rank_run(opt, str(tmp_path))
@@ -173,7 +160,7 @@ def test_two_cpu_ranks_hold_identical_students_and_regressors(demo_root, tmp_pat
 
 
 def test_auto_resume_restores_the_regressors_student_and_optimiser(demo_root, tmp_path):
-    opt = facd_opt(demo_root, tmp_path, option='fcd_edsr_x2.yml', name='resume')  # FCD: the regressor always trains
+    opt = shrunk_feature_opt('fcd', demo_root, tmp_path, 'resume')  # FCD: the regressor always trains
     opt['model_type'] = 'KDRecordingFACDModel'
     saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     for name in ('g', 'reg'):

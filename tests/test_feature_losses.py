@@ -7,11 +7,8 @@ import math
 
 import pytest
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import fixed, loss
 
 
 def affinity_by_loops(feature):
@@ -56,10 +53,6 @@ def attention_transfer_reference(students, teachers, beta, loss_weight):
 def hint_reference(students, teachers, loss_weight):
     """FitNet: loss_weight · Σ_taps mean((r(F_S) − F_T)²), the students already regressed."""
     return loss_weight * sum(((s - t)**2).sum() / s.numel() for s, t in zip(students, teachers))
-
-
-def loss(name, **kwargs):
-    return LOSS_REGISTRY.get(name)(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------ FAKD

@@ -18,9 +18,11 @@ from test_feature_losses import attention_transfer_reference, hint_reference, sp
 TEACHER_WIDTH = 24  # the shrunk student has 16 channels: the regressor (FitNet) and the losses (AT, FAKD) must bridge
 
 
-def shrunk_feature_opt(method, demo_root, tmp_path):
-    """options/<method>_edsr_x2.yml shrunk, with a 24-channel random teacher (and regressor output) in tmp_path."""
-    opt = shrink_option(load_option(os.path.join(OPTIONS, f'{method}_edsr_x2.yml')), demo_root, str(tmp_path), method)
+def shrunk_feature_opt(method, demo_root, tmp_path, name=None):
+    """options/<method>_edsr_x2.yml shrunk (run ``name``, default the method), with a 24-channel random teacher (and
+    regressor output) in tmp_path."""
+    opt = shrink_option(load_option(os.path.join(OPTIONS, f'{method}_edsr_x2.yml')), demo_root, str(tmp_path),
+                        name or method)
     opt['network_t']['num_feat'] = TEACHER_WIDTH
     save_random_weights(opt['network_t'], opt['path']['pretrain_network_t'], seed=1)
     if 'network_reg' in opt:

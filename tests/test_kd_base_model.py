@@ -11,7 +11,8 @@ from basicsr.models import build_model
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import parsed_options, build_model_from, save_random_weights
+from basicsr_kd.parsed_options import parsed_options
+from conftest import build_model_from, random_batch, same_tensors, save_random_weights, snapshot
 from kd_models.kd_base_model import KDBaseModel, option_teacher_names
 
 if 'KDTestHintModel' not in MODEL_REGISTRY:  # the registry refuses a second registration of the name
@@ -27,19 +28,6 @@ if 'KDTestHintModel' not in MODEL_REGISTRY:  # the registry refuses a second reg
             regressed = self.helpers['reg'](self.taps['g'].outputs())
             losses['l_hint'] = sum(F.mse_loss(s, t) for s, t in zip(regressed, self.taps['t'].outputs()))
             return losses
-
-
-def random_batch(seed=0, scale=2):
-    g = torch.Generator().manual_seed(seed)
-    return {'lq': torch.rand(2, 3, 16, 16, generator=g), 'gt': torch.rand(2, 3, 16 * scale, 16 * scale, generator=g)}
-
-
-def snapshot(net):
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
-def same_tensors(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_teacher_is_frozen_and_losses_match_the_formula(logits_opt, tmp_path):

@@ -17,7 +17,7 @@ from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, diff
                       two_rank_run)
 
 
-def tiny(option, scale=2):
+def tiny(option):
     """``options/<option>`` with few blocks in every network (before shrinking, so the random files fit)."""
     opt = load_option(os.path.join(OPTIONS, option))
     opt['network_t1']['num_block'] = 2
@@ -27,7 +27,6 @@ def tiny(option, scale=2):
     aggregator.update(num_blocks=2)
     if opt['model_type'] == 'KDMTKDModel':
         opt['network_g']['num_block'] = 2
-    assert opt['scale'] == scale
     return opt
 
 
@@ -156,8 +155,8 @@ def test_floor_forwards_are_the_teachers_then_the_aggregator(stage2_opt, tmp_pat
     assert forwards[-1][1].shape == (2, 9, 32, 32)
 
 
-def test_stage1_files_hand_over_to_stage2_and_a_permuted_teacher_list_is_refused(demo_root, tmp_path):
-    stage1 = shrink_option(tiny('mtkd_stage1_x2.yml'), demo_root, str(tmp_path), 'stage1')
+def test_stage1_files_hand_over_to_stage2_and_a_permuted_teacher_list_is_refused(stage1_opt, stage2_opt, tmp_path):
+    stage1 = stage1_opt
     stage1['val']['val_freq'] = 10**9  # validate once, at the end
     result = run_train(stage1, str(tmp_path))
     assert sorted(training_steps(result)) == [1, 2]
@@ -166,7 +165,7 @@ def test_stage1_files_hand_over_to_stage2_and_a_permuted_teacher_list_is_refused
     assert all(f'{name} ({kind})' in log for name, kind in (('t1', 'EDSR'), ('t2', 'RCAN'), ('t3', 'SwinIR')))
     aggregator_file = str(tmp_path / 'experiments' / 'stage1' / 'models' / 'net_g_latest.pth')
 
-    stage2 = shrink_option(tiny('mtkd_edsr_x2.yml'), demo_root, str(tmp_path), 'stage2')
+    stage2 = stage2_opt
     for name in ('t1', 't2', 't3'):  # the teachers stage 1 was trained with, as a user configures them
         stage2['path'][f'pretrain_network_{name}'] = stage1['path'][f'pretrain_network_{name}']
     stage2['path']['pretrain_network_agg'] = aggregator_file

@@ -17,14 +17,11 @@ from piq.functional import gaussian_filter, imresize
 
 import kd_archs  # noqa: F401
 import kd_losses  # noqa: F401
+from conftest import fixed
 from kd_losses.kd_nss_features import (BRISQUE_SHIFTS, aggd_fit, aggd_mean, brisque_features, ggd_fit, mscn,
                                        piqe_features, solve_shape)
 
 SHAPES = [0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 10.0]
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def camera():

@@ -9,7 +9,8 @@ import pytest
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from basicsr_kd.option_keys import MARKERS, UnknownOptionKey, check_option_keys, matching, option_spec, unknown_keys
-from conftest import OPTIONS, ROOT, parsed_options, load_option, random_batch, run_train, shrink_option
+from basicsr_kd.parsed_options import parsed_options
+from conftest import OPTIONS, ROOT, load_option, random_batch, run_train, shrink_option
 
 ALL_OPTIONS = sorted(glob.glob(os.path.join(OPTIONS, '**', '*.yml'), recursive=True))
 BASICSR_OPTIONS = sorted(glob.glob(os.path.join(ROOT, 'tests', 'basicsr_options', '*.yml')))

@@ -14,7 +14,7 @@ from basicsr.data import build_dataset
 
 from basicsr_kd.option_keys import UnknownOptionKey, check_option_keys
 from basicsr_kd.preflight import check_disk_patch_size
-from conftest import OPTIONS, RECORDING_TRAIN, build_model_from, interrupted_and_resumed, load_option, shrink_option
+from conftest import OPTIONS, build_model_from, interrupted_and_resumed, load_option, shrink_option
 from kd_models.kd_iteration_schedule import IterationSchedule
 from kd_models.kd_paired_image_dataset import pad_to_patch
 
@@ -174,7 +174,7 @@ def test_train_py_pads_and_follows_the_schedule_across_a_resume(restoration_root
     opt['datasets']['train'].update(gt_size=96, batch_size_per_gpu=2)
     opt['train']['progressive_patches'] = [[1, 48, 1], [3, 96, 2]]
     opt.pop('val')
-    interrupted_and_resumed(opt, str(tmp_path), stop=2, total=3, script=RECORDING_TRAIN)
+    interrupted_and_resumed(opt, str(tmp_path))
     logs = sorted(glob.glob(str(tmp_path / 'experiments' / 'progressive' / 'train_progressive_*.log')))
     first, second = (open(path).read() for path in logs)
     assert 'Progressive patches: GT 48x48, batch 1 from iteration 1' in first

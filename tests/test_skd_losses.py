@@ -6,16 +6,9 @@ import pytest
 import torch
 
 import kd_archs, kd_losses  # noqa: F401,E401
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY
 from kd_losses.kd_skd_loss import gaussian_kernel_distance, mca_channel, mca_spatial
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def loss(name, **kwargs):
-    return LOSS_REGISTRY.get(name)(**kwargs)
+from conftest import fixed, loss
 
 
 def as_lists(feature):

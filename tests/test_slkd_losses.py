@@ -9,19 +9,12 @@ import math
 import pytest
 import skimage.data
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY
 
 import kd_archs  # noqa: F401
 import kd_losses  # noqa: F401
 from kd_losses.kd_nss_features import brisque_features, piqe_features
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def loss(name, **kwargs):
-    return LOSS_REGISTRY.get(name)(**kwargs)
+from conftest import fixed, loss
 
 
 def softplus(v):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from basicsr.data import build_dataset
 
-from conftest import (OPTIONS, RECORDING_TRAIN, build_model_from, differing_tensors, load_option, random_batch,
-                      run_train, save_random_weights, shrink_option, training_steps)
+from conftest import (OPTIONS, build_model_from, differing_tensors, load_option, random_batch, save_random_weights,
+                      shrink_option, tiny_logits_opt, two_rank_run)
 from datasets_prep.cache_teacher_outputs import cache_targets
 from kd_models.kd_cached_target_dataset import CACHE_MANIFEST, read_cached_target
 
@@ -33,9 +33,7 @@ def built_cache(demo_root, tmp_path_factory):
     """The shrunk Logits KD options (EDSR x2, 3-block random teacher) and their cache of the 2 demo training images,
     in LQ tiles of 128 overlapping by 2 x the receptive radius (so the tiles equal whole-image forwards)."""
     root = tmp_path_factory.mktemp('cache')
-    opt = load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml'))
-    opt['network_g']['num_block'], opt['network_t']['num_block'] = 2, 3
-    opt = shrink_option(opt, demo_root, str(root), 'logits')
+    opt = tiny_logits_opt(demo_root, root)
     written = cache_targets(opt, str(root / 'targets'), tile=128, overlap=2 * RECEPTIVE_RADIUS,
                             device=torch.device('cpu'))
     assert written == 2
@@ -162,11 +160,7 @@ def test_two_cpu_ranks_train_from_the_cache(cache, tmp_path):
     opt, folder = cache
     opt = cached_opt(opt, folder)
     opt.update(name='ddp_cache', model_type='KDRecordingLogitsModel')
-    result = run_train(opt, str(tmp_path), launcher='torchrun', script=RECORDING_TRAIN)
-    assert sorted(training_steps(result)) == [1, 2] and 'World size (gpu number): 2' in result.stdout + result.stderr
-    root = tmp_path / 'experiments' / 'ddp_cache'
-    final = [torch.load(root / f'iter-1_rank{r}.pth', weights_only=True) for r in range(2)]
-    assert final[0]['seen_lq'] != final[1]['seen_lq']
+    _, final, _ = two_rank_run(opt, str(tmp_path))
     assert not differing_tensors(final[0]['g'], final[1]['g'])
 
 

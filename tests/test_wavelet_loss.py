@@ -13,13 +13,10 @@ import torch
 import kd_losses  # noqa: F401  (registers the plugin and applies the BasicSR compatibility fixes)
 from basicsr.utils.registry import LOSS_REGISTRY
 from kd_losses.kd_wavelet_loss import haar_dwt, haar_idwt
+from conftest import fixed
 
 EVEN = [(8, 16), (16, 8)]
 ODD = [(7, 5), (9, 12), (13, 1)]
-
-
-def fixed(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- transform
