@@ -32,7 +32,7 @@ from datasets_prep.make_demo_sr import build_demo_set
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = {kind: os.path.join(ROOT, 'options', 'demo', f'{name}.yml')
            for kind, name in (('teacher', 'demo_teacher_x2'), ('scratch', 'demo_student_scratch_x2'),
-                              ('kd', 'demo_student_logits_x2'))}
+                              ('kd', 'demo_student_logits_x2'), ('facd', 'demo_student_facd_x2'))}
 START = time.time()
 
 

@@ -4,7 +4,9 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from .kd_contrastive_ratio import DISTANCES, contrastive_ratio, other_samples
+from .kd_contrastive_ratio import DISTANCES, in_batch_contrastive_ratio
+
+REDUCTIONS = ('sum', 'mean')
 
 
 def normalize_per_sample(feature):
@@ -100,7 +102,9 @@ class KDFeatureContrastiveLoss(nn.Module):
     - d is ``distance``: 'l1' (Eq. 4's ‖·‖₁) or 'l2' (the text calls the measure "Euclidean"; root mean square,
       i.e. ‖·‖₂ / √(C·H·W)). Both are per-sample means over (C, H, W); a ratio does not depend on that scale
       except through ``eps``, which the paper does not print.
-    - Reduction: summed over samples and points as Eq. 4 prints (no 1/N), so the loss grows with the batch size.
+    - ``reduction``: 'sum' sums over samples as Eq. 4 prints (no 1/N), so the term grows with the batch size;
+      'mean' divides that sum by the batch size N (a per-sample mean, as Eq. 2's 1/(2N) does for L_SR). Both sum
+      over the matching points.
     - ``w`` follows the order of the feature lists; index 0 is the "top" that Tab. 10 weighs most (FAT, w_1 =
       0.5). The paper never says which end is the top. We read j = 1..3 as network order, input side first (the
       order of FAKD's matching points and of our option files), so index 0 = the point nearest the input: Tab. 10
@@ -109,13 +113,14 @@ class KDFeatureContrastiveLoss(nn.Module):
     - ``detach_student_negatives``: the paper does not say whether the student negatives DR(F̂ˢ_kj) are constants.
       Default False differentiates Eq. 4 as printed, so they are also pushed away from the anchor; True treats
       them as constants, as DCKD and CSD treat their negatives.
-    - Memory: the aligned negatives and their differences to the anchor hold 2(B − 1) · B feature maps each per
-      point (B = 16, 256 channels at 48×48: 1.1 GB in float32; the differences are kept for the backward pass).
+    - Cost: the distances to the negatives are two (B, B) ``torch.cdist`` matrices per point; no (B − 1) · B copies
+      of the feature maps are built.
 
     Args:
         point_weights (list[float]): w_j, one per matching point. Default: [0.5, 0.3, 0.2] (Tab. 10, FAT).
         distance (str): 'l1' or 'l2'. Default: 'l1'.
         detach_student_negatives (bool): Whether DR(F̂ˢ_kj) as negatives carry no gradient. Default: False.
+        reduction (str): 'sum' (over samples, as printed) or 'mean' (over samples). Default: 'sum'.
         eps (float): Added to the denominator (not in the paper). Default: 1e-7.
         loss_weight (float): λ of Eq. 5 (4 in the paper). Default: 1.0.
 
@@ -130,11 +135,15 @@ class KDFeatureContrastiveLoss(nn.Module):
                  point_weights=(0.5, 0.3, 0.2),
                  distance='l1',
                  detach_student_negatives=False,
+                 reduction='sum',
                  eps=1e-7,
                  loss_weight=1.0):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f'distance must be one of {DISTANCES}, got {distance!r}')
+        if reduction not in REDUCTIONS:
+            raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}')
+        self.reduction = reduction
         self.point_weights = [float(w) for w in point_weights]
         self.distance = distance
         self.detach_student_negatives = detach_student_negatives
@@ -168,7 +177,7 @@ class KDFeatureContrastiveLoss(nn.Module):
                                  'student to the teacher channels)')
             positive = normalize_per_sample(feature_t.detach())
             student_negatives = anchor.detach() if self.detach_student_negatives else anchor
-            negatives = torch.cat([other_samples(positive), other_samples(student_negatives)])
-            ratios = contrastive_ratio(anchor, positive, negatives, self.distance, per_sample=True, eps=self.eps)
+            ratios = in_batch_contrastive_ratio(anchor, positive, [positive, student_negatives], self.distance,
+                                                self.eps)
             total = total + weight * (alpha * ratios).sum()
-        return self.loss_weight * total
+        return self.loss_weight * (total / batch if self.reduction == 'mean' else total)

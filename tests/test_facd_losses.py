@@ -9,7 +9,6 @@ import kd_archs  # noqa: F401
 import kd_losses  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY
 from kd_archs.kd_regressor_arch import normalize_per_sample as regressor_normalize
-from kd_losses.kd_contrastive_ratio import other_samples
 from kd_losses.kd_facd_loss import adaptive_indicator
 from kd_losses.kd_facd_loss import normalize_per_sample as loss_normalize
 from conftest import fixed, loss, mae_by_loop
@@ -113,16 +112,23 @@ def facd_by_loops(students, teachers, alpha, weights, distance, eps, loss_weight
 @pytest.mark.parametrize('distance', ['l1', 'l2'])
 @pytest.mark.parametrize('alpha', [None, [1.0, 0.0, 1.0]])
 @pytest.mark.parametrize('weights, eps, loss_weight', [(None, 1e-7, 1.0), ([0.2, 0.3, 0.5], 0.05, 4.0)])
-def test_feature_contrastive_loss_matches_the_triple_loop(distance, alpha, weights, eps, loss_weight):
+@pytest.mark.parametrize('reduction, divisor', [('sum', 1), ('mean', 3)])
+def test_feature_contrastive_loss_matches_the_triple_loop(distance, alpha, weights, eps, loss_weight, reduction,
+                                                          divisor):
     students, teachers = features()
-    kwargs = {'distance': distance, 'eps': eps, 'loss_weight': loss_weight}
+    kwargs = {'distance': distance, 'eps': eps, 'loss_weight': loss_weight, 'reduction': reduction}
     if weights is not None:
         kwargs['point_weights'] = weights
     given = None if alpha is None else torch.tensor(alpha, dtype=torch.float64)
     value = loss('KDFeatureContrastiveLoss', **kwargs)(students, teachers, given)
     expected = facd_by_loops(students, teachers, alpha or [1.0] * 3, weights or [0.5, 0.3, 0.2], distance, eps,
-                             loss_weight)
+                             loss_weight) / divisor  # 'mean': the sum over the 3 samples divided by 3
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_feature_contrastive_loss_refuses_an_unknown_reduction():
+    with pytest.raises(ValueError, match="reduction must be one of \\('sum', 'mean'\\)"):
+        loss('KDFeatureContrastiveLoss', reduction='batchmean')
 
 
 def test_feature_contrastive_loss_never_counts_the_own_positive_or_own_student_as_a_negative():
@@ -135,9 +141,6 @@ def test_feature_contrastive_loss_never_counts_the_own_positive_or_own_student_a
     value = loss('KDFeatureContrastiveLoss', point_weights=[1.0], eps=0)([student], [teacher])
     assert value.item() == pytest.approx(0 / (0.6 + 0.4) + 1 / (0.4 + 0.4), rel=1e-12)
     # had the own positive (1 for sample 1) and own student feature (0) been negatives too: 0 + 1 / 1.8
-    shifted = other_samples(torch.arange(4))
-    assert shifted.shape == (3, 4)
-    assert all(sorted(shifted[:, i].tolist()) == [k for k in range(4) if k != i] for i in range(4))
 
 
 def test_feature_contrastive_loss_normalises_each_teacher_sample():
