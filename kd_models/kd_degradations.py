@@ -16,7 +16,7 @@ DEFAULTS = {
     'include_clean_negative': False,  # True: the released code's negatives, clean LQ + N-1 degraded copies
     'kind': 'noise',  # paper Tab. 6 (best) and the released default
     'noise_sigma': [1, 30],  # Gaussian noise sigma ~ U[1, 30] / 255 (released code, as Real-ESRGAN)
-    'gray_noise_prob': 0.5,  # probability of the same noise on every channel (METHODS.md)
+    'gray_noise_prob': 0.5,  # probability of the same noise on every channel (released code)
     'blur_kernel_sizes': [3, 5, 7, 9, 11],  # released code: kernel size per axis from {3, 5, 7, 9, 11}
     'blur_sigma': [0.1, 2.0],  # released code: Gaussian sigma per axis ~ U[0.1, 2.0]
     'resize_up_prob': 0.25,  # released code: up with p 0.25, down with p 0.75

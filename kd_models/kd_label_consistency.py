@@ -1,4 +1,5 @@
-"""DUKD's label-consistency transform, the extra teacher term of DCKD* (METHODS.md "DCKD*").
+"""DUKD's label-consistency transform, the extra teacher term of DCKD* (every released DCKD
+config enables it).
 
 Four invertible operations, each drawn per sample with probability p = 0.5, transform the teacher's input; undone
 on the teacher's output in reverse order, they give the target of ``L1(S(LQ), undone T)``. Not registered: models

@@ -8,7 +8,8 @@ from .kd_label_consistency import apply_label_consistency_ops, draw_label_consis
 
 @MODEL_REGISTRY.register()
 class KDLogitsModel(KDBaseModel):
-    """Logits KD for restoration: L = w_pix·L1(S, GT) + w_kd·L1(S, T) (METHODS.md, "Logits KD").
+    """Logits KD for restoration: L = w_pix·L1(S, GT) + w_kd·L1(S, T), the Logits KD rows of the
+    papers' tables.
 
     The two weights are the ``loss_weight`` of ``train.pixel_opt`` and ``train.kd_opt`` (both 1 by default).
     Overrides ``init_training_settings`` (adds ``kd_opt``) and ``compute_losses`` (adds ``l_kd``); the rest is

@@ -27,7 +27,7 @@ patch_basicsr()  # in-process models run as under train.py (DDP on CPU, resume o
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = os.path.join(ROOT, 'options')
 RECORDING_TRAIN = os.path.join(ROOT, 'tests', 'recording_train.py')
-ARCH_SPECS = os.path.join(ROOT, 'tests', 'arch_specs')  # a copy of ../shared/arch_specs, made from the official classes
+ARCH_SPECS = os.path.join(ROOT, 'tests', 'arch_specs')  # made from the official classes
 WIDTH = 16
 # Also NAFNet's width, Restormer's and DRSformer's dim (their heads [1, 2, 4, 8] divide every level's dim * 2**level)
 # and Uformer's embed_dim; Uformer's decoder levels train at img_size / 8 with modulators, which need windows no

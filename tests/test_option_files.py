@@ -1,7 +1,7 @@
 """Every option file parses and every ``type`` resolves in BasicSR's registries; every training option file (all
 but ``options/test/``) shares its structure (model, network and loss types, training keys, taps: ``structure``)
-with one that trains 2 shrunk iterations and writes a student that a plain SRModel loads strictly (DESIGN.md: "a
-2-iteration run of the same structure"; files that differ only in scale or numbers add no code path).
+with one that trains 2 shrunk iterations and writes a student that a plain SRModel loads strictly (files that differ
+only in scale or numbers add no code path).
 
 The first file of each kind of run (model type, SR or restoration data) trains through train.py in a subprocess,
 with BasicSR's data loader and validation; the others train in this process, on a random batch of the shrunk
@@ -90,6 +90,19 @@ def test_the_method_files_exist():
                 for scale in (2, 4)}
     restoration = {'logits_nafnet_deblur.yml', 'logits_restormer_derain.yml', 'logits_uformer_denoise.yml'}
     assert logits | features | restoration <= names
+
+
+def test_no_file_a_user_gets_cites_the_team_notes():
+    """Users have the repository only: option files, README and code explain their choices themselves instead of
+    citing the team's notes (METHODS.md, DESIGN.md) or the folder beside the checkout that holds them."""
+    root = os.path.dirname(OPTIONS)
+    files = ALL_OPTIONS + [os.path.join(root, 'README.md')]
+    for folder in ('kd_archs', 'kd_losses', 'kd_models', 'basicsr_kd', 'datasets_prep', 'benchmarks', 'tests'):
+        files += glob.glob(os.path.join(root, folder, '*.py')) + glob.glob(os.path.join(root, folder, '*.yml'))
+    citing = {os.path.relpath(path, root) for path in files
+              for cited in ('METHODS.md', 'DESIGN.md', 'METHOD_DONE.md', '../shared')
+              if cited in open(path, encoding='utf-8').read() and not path.endswith('test_option_files.py')}
+    assert not citing
 
 
 @pytest.mark.parametrize('path', ALL_OPTIONS, ids=option_id)
