@@ -90,8 +90,8 @@ def commented(text, comment):
 
 def render(stem, opt, task, scale):
     """The text of the evaluation option file of the student of ``options/<stem>.yml`` (its parsed ``opt``)."""
-    name = opt['name']
-    ema = (opt.get('train') or {}).get('ema_decay', 0) > 0
+    name, train = opt['name'], opt.get('train') or {}
+    ema = train.get('ema_decay', 0) > 0
     param_key = ('params_ema', 'the EMA weights') if ema else ('params', 'trained without EMA')
     y = 'true' if task.y_channel else 'false'
     source = f'The student of options/{stem}.yml: python test.py -opt options/test/test_{stem}.yml'
@@ -135,6 +135,10 @@ def render(stem, opt, task, scale):
         '  pbar: true',
         commented('  tile: ~', 'e.g. {size: 256, overlap: 32} (LQ pixels) for images too large at once'),
         commented('  pad_multiple: ~', '~: network_g.window_size, if it has one'),
+    ]
+    if train.get('pixel_range'):  # KDSKDModel's: the range the student takes its input and gives its output in
+        lines.append(commented(f"  pixel_range: '{train['pixel_range']}'", "the student's train.pixel_range (checked)"))
+    lines += [
         '  metrics:',
         f'    psnr: {{type: calculate_psnr, crop_border: {task.crop_border}, test_y_channel: {y}}}',
         f'    ssim: {{type: calculate_ssim, crop_border: {task.crop_border}, test_y_channel: {y}}}',

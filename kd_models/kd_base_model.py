@@ -150,7 +150,7 @@ class KDBaseModel(SRModel):
     - ``after_step(current_iter)``: called after every optimiser step (and the EMA update).
     - ``forward_networks()``: the step's forwards (student on LQ, then the teachers); ``checkpoint_extras(label)``:
       entries saved beside the weights of a checkpoint (MTKD's stage 1: the aggregator's input is the teachers'
-      outputs, and its checkpoint carries the teacher list).
+      outputs, and its checkpoint carries the teacher list; SKD's student: the pixel range it works in).
     - ``training_state()`` / ``load_training_state(state)``: extra state saved in the ``.state`` file and given back
       on resume.
 
@@ -634,8 +634,9 @@ class KDBaseModel(SRModel):
 
     def checkpoint_extras(self, net_label):
         """Entries saved beside the weights in the checkpoint of ``net_label`` (e.g. ``net_g``): plain Python
-        values and tensors, as ``torch.load(weights_only=True)`` reads them. MTKD's stage 1 stores the teacher list
-        with its aggregator. Default: none."""
+        values and tensors, as ``torch.load(weights_only=True)`` reads them (BasicSR's loader reads only the weights'
+        key). MTKD's stage 1 stores the teacher list with its aggregator, SKD the student's pixel range. Default:
+        none."""
         return {}
 
     def save(self, epoch, current_iter):

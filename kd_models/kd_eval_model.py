@@ -84,6 +84,44 @@ def forward_tiled(net, lq, size, overlap, scale=1):
     return out / weight
 
 
+PIXEL_RANGES = ('[0,1]', '[-1,1]')
+PIXEL_RANGE_KEY = 'pixel_range'  # the checkpoint entry in which a student records the range it works in
+
+
+def check_pixel_range(value, option):
+    """``value`` if it names a pixel range; ValueError naming ``option`` otherwise."""
+    if value not in PIXEL_RANGES:
+        raise ValueError(f'{option} = {value}: use one of {list(PIXEL_RANGES)}')
+    return value
+
+
+def to_pixel_range(image, pixel_range):
+    """An image in [0, 1] mapped into ``pixel_range``."""
+    return 2 * image - 1 if pixel_range == '[-1,1]' else image
+
+
+def to_unit_range(image, pixel_range):
+    """An image in ``pixel_range`` mapped into [0, 1]."""
+    return (image + 1) / 2 if pixel_range == '[-1,1]' else image
+
+
+def student_pixel_range(given, load_path):
+    """The pixel range to evaluate the student of ``load_path`` in: ``val.pixel_range`` (``given``; default
+    ``'[0,1]'``), which must agree with the range the checkpoint records (``pixel_range``, written by KDSKDModel).
+
+    A checkpoint that records none (plain BasicSR training, official weights) is evaluated in ``given``.
+    """
+    if given is not None:
+        check_pixel_range(given, 'val.pixel_range')
+    recorded = torch.load(load_path, map_location='cpu', weights_only=True).get(PIXEL_RANGE_KEY)
+    if recorded is not None and recorded != (given or '[0,1]'):
+        setting = 'is not set (default [0,1])' if given is None else f'= {given}'
+        raise ValueError(f'val.pixel_range {setting} but path.pretrain_network_g = {load_path} was trained in '
+                         f'{recorded} (its {PIXEL_RANGE_KEY} entry): the student expects its inputs and gives its '
+                         f"outputs in that range. Set val.pixel_range: '{recorded}'.")
+    return given or '[0,1]'
+
+
 def format_value(value, digits):
     return '' if value is None else f'{value:.{digits}f}'
 
@@ -143,6 +181,9 @@ class KDEvalModel(SRModel):
     - ``path.pretrain_network_g``: the trained student; a missing file fails before anything is built.
     - ``val.pad_multiple``: reflect-pad the input at the bottom/right to a multiple of this and crop the output back,
       as BasicSR's SwinIRModel does (default: ``network_g.window_size`` if set, else no padding).
+    - ``val.pixel_range``: ``'[0,1]'`` (default) | ``'[-1,1]'``: the range the student works in (KDSKDModel's
+      ``train.pixel_range``); the input is mapped into it and the output back to [0, 1] before the metrics. It must
+      agree with the range the checkpoint records (its ``pixel_range`` entry), or nothing runs.
     - ``val.tile: {size, overlap}`` (LQ pixels; ``~``: whole images): run the network on overlapping tiles, each
       trimmed by ``overlap // 2`` at its inner edges, averaged where they still overlap. Equal to whole-image inference
       for a fully convolutional network whose receptive field reaches at most ``overlap // 2`` pixels.
@@ -150,9 +191,10 @@ class KDEvalModel(SRModel):
     After each dataset's validation the averaged metrics go to ``metrics.csv`` and ``metrics.md`` in ``path.log``
     (``results/<name>/`` under test.py): one row per dataset of the run, one column per metric.
 
-    Overrides of SRModel: ``__init__`` (checks ``val.tile`` and the student file first), ``test`` (padding and
-    tiles), ``_log_validation_metric_values`` (also writes the table). Inherited unchanged: ``feed_data``,
-    ``nondist_validation``/``dist_validation`` with BasicSR's ``calculate_psnr``/``calculate_ssim``, image saving.
+    Overrides of SRModel: ``__init__`` (checks ``val.tile``, the student file and ``val.pixel_range`` first), ``test``
+    (pixel range, padding and tiles), ``_log_validation_metric_values`` (also writes the table). Inherited unchanged:
+    ``feed_data``, ``nondist_validation``/``dist_validation`` with BasicSR's ``calculate_psnr``/``calculate_ssim``,
+    image saving.
 
     Example::
 
@@ -164,7 +206,8 @@ class KDEvalModel(SRModel):
             psnr: {type: calculate_psnr, crop_border: 4, test_y_channel: true}
     """
 
-    option_keys = {'val': {'tile': None, 'pad_multiple': None}}  # besides BasicSR's (basicsr_kd/option_keys.py)
+    # besides BasicSR's (basicsr_kd/option_keys.py)
+    option_keys = {'val': {'tile': None, 'pad_multiple': None, 'pixel_range': None}}
 
     def __init__(self, opt):
         load_path = opt['path'].get('pretrain_network_g')
@@ -173,6 +216,7 @@ class KDEvalModel(SRModel):
                                     'student, e.g. experiments/<training name>/models/net_g_latest.pth.')
         val = opt.get('val') or {}
         self.tile = check_tile(val.get('tile'))
+        self.pixel_range = student_pixel_range(val.get('pixel_range'), load_path)
         self.pad_multiple = val.get('pad_multiple') or opt['network_g'].get('window_size') or 1
         self.metric_rows = OrderedDict()
         super().__init__(opt)
@@ -183,15 +227,18 @@ class KDEvalModel(SRModel):
         net.eval()
         scale = self.opt.get('scale', 1)
         forward = partial(forward_padded, net, multiple=self.pad_multiple, scale=scale)
+        lq = to_pixel_range(self.lq, self.pixel_range)
         with torch.no_grad():
-            self.output = forward_tiled(forward, self.lq, scale=scale, **self.tile) if self.tile else forward(self.lq)
+            output = forward_tiled(forward, lq, scale=scale, **self.tile) if self.tile else forward(lq)
+        self.output = to_unit_range(output, self.pixel_range)
         net.train(training)
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         self.metric_rows[dataset_name] = dict(self.metric_results)
         metrics, path = self.opt['val']['metrics'], self.opt['path']
-        notes = [f'- network_g: {path["pretrain_network_g"]} [{path.get("param_key_g", "params")}]']
+        notes = [f'- network_g: {path["pretrain_network_g"]} [{path.get("param_key_g", "params")}], pixel range '
+                 f'{self.pixel_range}']
         notes += [
             f'- {name}: {opt["type"]}(' + ', '.join(f'{k}={v}' for k, v in opt.items() if k != 'type') + ')'
             for name, opt in metrics.items()

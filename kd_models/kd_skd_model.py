@@ -4,9 +4,9 @@ from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
+from .kd_eval_model import PIXEL_RANGE_KEY, check_pixel_range, to_pixel_range, to_unit_range
 from .kd_token_maps import tokens_to_maps
 
-PIXEL_RANGES = ('[0,1]', '[-1,1]')
 LOSS_OPTIONS = ('pixel_opt', 'perceptual_opt', 'feature_opt', 'contrastive_opt')
 
 
@@ -31,17 +31,23 @@ class KDSKDModel(KDBaseModel):
     ``train.pixel_range`` is the range the student works in:
 
     - ``'[0,1]'`` (default): everything in [0, 1], as the data loader gives it, the official teachers expect it and
-      KDVGG19Features takes it; the checkpoint evaluates with plain SRModel / KDEvalModel.
+      KDVGG19Features takes it; the student evaluates with plain SRModel / KDEvalModel.
     - ``'[-1,1]'`` (the paper, Sec. III-A): conversions happen exactly here: ``feed_data`` makes the student's
       input 2·LQ − 1 (the LQ in [0, 1] is kept for the teacher, ``teacher_views``, and as the negatives of L_CL);
       ``pixel_target`` is 2·GT − 1 (L_REC in [−1, 1]); the student's output goes to VGG as (S + 1)/2
       (``unit_range``), so VGG always sees [0, 1] and ImageNet statistics; ``test`` maps the output back to
       [0, 1] for validation. The teacher runs on [0, 1] and its output is used in [0, 1] (VGG positive). Such a
-      student expects [−1, 1] inputs: evaluate it through this model (validation), not through plain SRModel.
+      student expects [−1, 1] inputs: plain SRModel would feed it [0, 1] and read its output as [0, 1]; evaluate it
+      with KDEvalModel and ``val.pixel_range: '[-1,1]'`` (``options/test/test_skd_*.yml`` copy the training file's).
 
-    Overrides: ``init_training_settings`` (option checks and the two losses), ``feed_data``, ``teacher_views``,
-    ``pixel_target``, ``compute_losses`` (adds ``l_gk``, ``l_cl``), ``floor_forwards`` (teacher, VGG on the student's
-    output, VGG on positive + negatives), ``test``.
+    The student's checkpoint records the range (entry ``pixel_range`` beside ``params``/``params_ema``, which BasicSR's
+    loader ignores): KDEvalModel refuses to evaluate it in another. This model only trains (its validation included):
+    under test.py it is refused, pointing to KDEvalModel.
+
+    Overrides: ``__init__`` (refused for testing), ``init_training_settings`` (option checks and the two losses),
+    ``feed_data``, ``teacher_views``, ``pixel_target``, ``compute_losses`` (adds ``l_gk``, ``l_cl``),
+    ``floor_forwards`` (teacher, VGG on the student's output, VGG on positive + negatives), ``test``,
+    ``checkpoint_extras`` (the pixel range).
 
     Example::
 
@@ -60,14 +66,19 @@ class KDSKDModel(KDBaseModel):
     single_teacher = True
     option_keys = {'train': {'feature_opt': 'loss', 'contrastive_opt': 'loss', 'pixel_range': None}}
 
+    def __init__(self, opt):
+        if not opt['is_train']:
+            raise ValueError('model_type = KDSKDModel trains a student; evaluate the student with model_type: '
+                             'KDEvalModel (options/test/test_skd_*.yml), whose val.pixel_range is the range it was '
+                             'trained in (train.pixel_range)')
+        super().__init__(opt)
+
     def init_training_settings(self):
         train_opt = self.opt['train']
         unknown = [key for key in train_opt if key.endswith('_opt') and key not in LOSS_OPTIONS]
         if unknown:
             raise ValueError(f'KDSKDModel does not read train.{unknown[0]}; its losses are {list(LOSS_OPTIONS)}')
-        self.pixel_range = train_opt.get('pixel_range', '[0,1]')
-        if self.pixel_range not in PIXEL_RANGES:
-            raise ValueError(f'train.pixel_range = {self.pixel_range}: use one of {list(PIXEL_RANGES)}')
+        self.pixel_range = check_pixel_range(train_opt.get('pixel_range', '[0,1]'), 'train.pixel_range')
         if not train_opt.get('feature_opt'):
             raise ValueError('KDSKDModel needs train.feature_opt (KDGaussianKernelLoss, L_GK of Eq. 3)')
         if 'network_proj' not in self.opt:
@@ -97,22 +108,25 @@ class KDSKDModel(KDBaseModel):
     def feed_data(self, data):
         super().feed_data(data)
         self.lq_unit = self.lq  # the LQ in [0, 1]: the teacher's input and the negatives of L_CL
-        if self.pixel_range == '[-1,1]':
-            self.lq = 2 * self.lq - 1
+        self.lq = to_pixel_range(self.lq, self.pixel_range)
 
     def unit_range(self, image):
         """An image of the student's range in [0, 1]."""
-        return (image + 1) / 2 if self.pixel_range == '[-1,1]' else image
+        return to_unit_range(image, self.pixel_range)
 
     def teacher_views(self, name):
         return [self.gt if self.teacher_inputs[name] == 'gt' else self.lq_unit]
 
     def pixel_target(self):
-        return 2 * self.gt - 1 if self.pixel_range == '[-1,1]' else self.gt
+        return to_pixel_range(self.gt, self.pixel_range)
 
     def test(self):
         super().test()
         self.output = self.unit_range(self.output)
+
+    def checkpoint_extras(self, net_label):
+        """The student's checkpoint records its pixel range, which KDEvalModel's ``val.pixel_range`` must match."""
+        return {PIXEL_RANGE_KEY: self.pixel_range} if net_label == 'net_g' else {}
 
     # ------------------------------------------------------------------------------------------- losses
     def projected_features(self):

@@ -119,11 +119,12 @@ def test_pad_to_multiple_reflects_and_replicates_small_images():
     assert torch.equal(small[..., 3, :3], small[..., 1, :3])
 
 
-def save_student(path, net_opt, seed=0):
-    """A BasicSR checkpoint whose ``params`` and ``params_ema`` differ (so the test knows which one is used)."""
+def save_student(path, net_opt, seed=0, **extras):
+    """A BasicSR checkpoint whose ``params`` and ``params_ema`` differ (so the test knows which one is used), with
+    ``extras`` as further entries."""
     torch.manual_seed(seed)
     params, params_ema = build_network(net_opt).state_dict(), build_network(net_opt).state_dict()
-    torch.save({'params': params, 'params_ema': params_ema}, path)
+    torch.save({'params': params, 'params_ema': params_ema, **extras}, path)
     return params_ema
 
 
@@ -186,6 +187,36 @@ def test_bad_tile_option_names_it(tmp_path, tile):
     save_student(tmp_path / 'student.pth', TINY_EDSR)
     with pytest.raises(ValueError, match='val.tile'):
         build_model_from(eval_opt(tmp_path, TINY_EDSR, 2, {'tile': tile}), str(tmp_path / 'exp'), is_train=False)
+
+
+@pytest.mark.parametrize('recorded', ['[-1,1]', None], ids=['recorded', 'not recorded'])
+def test_val_pixel_range_maps_the_input_into_it_and_the_output_back(tmp_path, recorded):
+    extras = {} if recorded is None else {'pixel_range': recorded}  # None: a checkpoint of plain BasicSR training
+    params_ema = save_student(tmp_path / 'student.pth', TINY_EDSR, **extras)
+    net = build_network(TINY_EDSR).eval()
+    net.load_state_dict(params_ema)
+    lq = torch.rand(1, 3, 30, 41)
+    with torch.no_grad():
+        expected = (net(2 * lq - 1) + 1) / 2
+    for tile in (None, {'size': 24, 'overlap': 16}):
+        val = {'pixel_range': '[-1,1]', 'tile': tile}
+        model = build_model_from(eval_opt(tmp_path, TINY_EDSR, 2, val), str(tmp_path / 'exp'), is_train=False)
+        model.feed_data({'lq': lq})
+        model.test()
+        torch.testing.assert_close(model.output, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('recorded, given, match', [
+    ('[-1,1]', None, r"val.pixel_range is not set \(default \[0,1\]\) but .* trained in \[-1,1\].* '\[-1,1\]'"),
+    ('[-1,1]', '[0,1]', r"val.pixel_range = \[0,1\] but .* trained in \[-1,1\].* '\[-1,1\]'"),
+    ('[0,1]', '[-1,1]', r"val.pixel_range = \[-1,1\] but .* trained in \[0,1\].* '\[0,1\]'"),
+    (None, '[0,255]', r'val.pixel_range = \[0,255\]: use one of'),
+], ids=['not set', 'recorded [-1,1]', 'recorded [0,1]', 'no range'])
+def test_a_pixel_range_the_checkpoint_contradicts_is_refused_naming_the_key(tmp_path, recorded, given, match):
+    save_student(tmp_path / 'student.pth', TINY_EDSR, **({} if recorded is None else {'pixel_range': recorded}))
+    with pytest.raises(ValueError, match=match):
+        build_model_from(eval_opt(tmp_path, TINY_EDSR, 2, {'pixel_range': given}), str(tmp_path / 'exp'),
+                         is_train=False)
 
 
 def test_missing_student_names_the_option(tmp_path):
@@ -330,5 +361,6 @@ def test_each_trained_restoration_student_is_evaluated_as_the_papers_do(task, se
         assert text.startswith('# ') and opt['scale'] == 1 and opt['network_g'] == training['network_g']
         assert opt['path']['pretrain_network_g'] == f'experiments/{training["name"]}/models/net_g_latest.pth'
         assert [d['name'] for d in opt['datasets'].values()] == sets
+        assert opt['val'].get('pixel_range') == training['train'].get('pixel_range')  # SKD's files set it
         for metric in opt['val']['metrics'].values():
             assert metric['crop_border'] == 0 and metric['test_y_channel'] is y_channel

@@ -5,10 +5,13 @@ import os
 
 import pytest
 import torch
+import yaml
+from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
                       load_option, random_batch, same_tensors, shrink_option, snapshot, two_rank_run)
+from datasets_prep import make_test_options
 from kd_models.kd_token_maps import tokens_to_map
 
 VGG_LAYERS = ['relu1_1', 'relu2_1']
@@ -265,3 +268,36 @@ def test_results_table_gives_the_tab1_means(tmp_path):
     assert rows[0][-2:] == [31.0, pytest.approx(0.85)] and rows[1][-2:] == [32.0, None]
     with pytest.raises(ValueError, match=r"--mean x: no run has the test set\(s\) \['GoPro', 'HIDE'\]"):
         add_means(header, rows, [parse_mean('x=GoPro,HIDE')])
+
+
+def validation_metrics(model, dataset_opt):
+    """{metric: value} of BasicSR's validation of ``model`` on one dataset (no images saved)."""
+    loader = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
+    model.validation(loader, current_iter=2, tb_logger=None, save_img=False)
+    return dict(model.metric_results)
+
+
+def test_a_minus_one_one_student_evaluates_through_its_test_option_as_in_its_validation(restoration_root, tmp_path):
+    opt = without_cl(skd_opt(tmp_path, restoration_root, pixel_range='[-1,1]'))
+    model = model_from(opt, tmp_path)
+    model.feed_data(random_batch(scale=1, size=16))
+    for step in (1, 2):
+        model.optimize_parameters(step)
+    model.save(-1, -1)
+    student = tmp_path / 'exp' / 'models' / 'net_g_latest.pth'
+    assert torch.load(student, weights_only=True)['pixel_range'] == '[-1,1]'
+    val_set = {**opt['datasets']['val'], 'phase': 'val', 'scale': 1}
+    trained = validation_metrics(model, val_set)
+    stem = 'skd_restormer_derain'  # its evaluation option file, as make_test_options writes it for these options
+    test_opt = yaml.safe_load(make_test_options.render(stem, opt, *make_test_options.task_of(stem)))
+    assert test_opt['model_type'] == 'KDEvalModel' and test_opt['val']['pixel_range'] == '[-1,1]'
+    test_opt.update(num_gpu=0, datasets={'test_1': opt['datasets']['val']})
+    test_opt['path']['pretrain_network_g'] = str(student)
+    evaluated = validation_metrics(build_model_from(test_opt, str(tmp_path / 'eval'), is_train=False),
+                                   {**val_set, 'phase': 'test'})
+    assert evaluated == pytest.approx(trained, abs=1e-9) and set(trained) == {'psnr', 'ssim'}
+
+
+def test_testing_with_the_training_model_is_refused_pointing_to_kdevalmodel(tmp_path):
+    with pytest.raises(ValueError, match=r'model_type = KDSKDModel trains a student; .* model_type: KDEvalModel'):
+        build_model_from(skd_opt(tmp_path, '/nonexistent'), str(tmp_path / 'exp'), is_train=False)
