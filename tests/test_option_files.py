@@ -135,8 +135,9 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
         model.save(-1, -1)
     checkpoint = torch.load(models / 'net_g_latest.pth', weights_only=True)
     # MTKD's stage 1 trains its aggregator as network_g: fed the teachers' outputs (HR size), saved with their list
+    # and its own network options
     aggregator = opt['model_type'] == 'KDMTKDAggregationModel'
-    assert set(checkpoint) <= {'params', 'params_ema', *(['teachers'] if aggregator else [])}
+    assert set(checkpoint) <= {'params', 'params_ema', *(['teachers', 'network'] if aggregator else [])}
     frozen = opt['path'].get('ignore_resume_networks') or []
     for key in (k for k in opt if k.startswith('network_') and k != 'network_g'):
         saved = (models / f'net_{key[len("network_"):]}_latest.pth').is_file()
