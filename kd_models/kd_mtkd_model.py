@@ -1,17 +1,19 @@
 """MTKD (Jiang et al., MTKD: Multi-Teacher Knowledge Distillation for Image Super-Resolution, ECCV 2024): stage 1
 trains the knowledge aggregator on the outputs of N frozen teachers, stage 2 distils its output into a student."""
+import inspect
 from collections import OrderedDict
 
 import torch
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, tensor2img
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel, option_teacher_names, weights_digest
 from .kd_eval_model import forward_padded
 
 TEACHER_LIST_KEY = 'teachers'  # the entry of the stage-1 checkpoint that holds the teacher list
+NETWORK_KEY = 'network'  # the entry that holds the aggregator's network options (stage 1's network_g)
 
 
 def teacher_list(names, sources):
@@ -36,6 +38,13 @@ def describe_teachers(teachers):
     """One line per teacher of a teacher list, for error messages and logs."""
     return '\n'.join(f'    {i}. network_{t["name"]} = {t["network"]}, weights {t["digest"][:12]} ({t["file"]})'
                      for i, t in enumerate(teachers, 1))
+
+
+def network_arguments(network_opt):
+    """A network's options with the defaults of its constructor filled in: ``{type: X}`` and ``{type: X, arg:
+    default}`` build the same network."""
+    parameters = inspect.signature(ARCH_REGISTRY.get(network_opt['type'])).parameters.values()
+    return {**{p.name: p.default for p in parameters if p.default is not p.empty}, **network_opt}
 
 
 def padded_teacher_outputs(model, lq):
@@ -64,8 +73,9 @@ class KDMTKDAggregationModel(KDBaseModel):
 
     The aggregator is ``network_g``, so BasicSR trains, saves, validates and resumes it like a student. Its
     checkpoint ``net_g_<iter>.pth`` also carries the teacher list (``teachers``: name, network options, weight
-    file, parameter key and weights digest of each teacher, in order), which stage 2 (:class:`KDMTKDModel`)
-    compares with its own teachers. Validation reports the aggregator's metrics (as BasicSR does, with best-so-far)
+    file, parameter key and weights digest of each teacher, in order) and the aggregator's own network options
+    (``network``: its ``network_g``), which stage 2 (:class:`KDMTKDModel`) compares with its teachers and its
+    ``network_agg``. Validation reports the aggregator's metrics (as BasicSR does, with best-so-far)
     and, on the same images, each teacher's (``self.teacher_metric_results``; TensorBoard
     ``metrics/<set>/<metric>_<teacher>``).
 
@@ -96,7 +106,8 @@ class KDMTKDAggregationModel(KDBaseModel):
     def checkpoint_extras(self, net_label):
         if net_label != 'net_g':
             return {}
-        return {TEACHER_LIST_KEY: teacher_list(list(self.teachers), self.frozen_sources)}
+        return {TEACHER_LIST_KEY: teacher_list(list(self.teachers), self.frozen_sources),
+                NETWORK_KEY: dict(self.opt['network_g'])}
 
     def test(self):
         """The teachers on the LQ image (each padded to its window size, if it has one), then the aggregator (its
@@ -163,7 +174,14 @@ class KDMTKDModel(KDBaseModel):
     Before the first step the teacher list stored with the aggregator must equal the configured one, position by
     position: same network options and same weights (digest). Anything else (another order, another teacher, other
     options or weights) is refused, naming both lists: the aggregator learned which input channels come from which
-    teacher.
+    teacher. ``network_agg`` must build the network stage 1 trained (its stored ``network_g``, constructor defaults
+    filled in on both sides): a differing argument is refused, naming it with both values (``dct_norm``,
+    ``use_dct`` or ``shifted_windows`` change no weight shape, so strict loading would not see them).
+
+    An aggregator file without a teacher list (trained elsewhere, e.g. the authors' weights in BasicSR's layout)
+    is refused unless ``path.agg_teacher_types`` names the types of the teachers it was trained on, in the order of
+    its input channels (e.g. ``[EDSR, SwinIR, RCAN]``), which must then be the types of ``network_t1`` ..
+    ``network_tN``. Such a file carries no network options either: that ``network_agg`` cannot be compared is logged.
 
     Example::
 
@@ -180,7 +198,7 @@ class KDMTKDModel(KDBaseModel):
     """
 
     frozen_networks = ('agg', )
-    option_keys = {'train': {'distill_opt': 'loss'}}
+    option_keys = {'train': {'distill_opt': 'loss'}, 'path': {'agg_teacher_types': None}}
 
     def init_training_settings(self):
         agg_scale = self.opt.get('network_agg', {}).get('scale')
@@ -195,14 +213,48 @@ class KDMTKDModel(KDBaseModel):
         self.check_teacher_list()
         self.cri_dis = build_loss(self.opt['train']['distill_opt']).to(self.device)
 
+    def build_frozen_network(self, name):
+        """The aggregator's options are compared with those it was trained with before it is built and loaded (a
+        differing ``embed_dim`` is then named as such, not as a shape mismatch)."""
+        if name == 'agg' and self.opt['path'].get('pretrain_network_agg'):  # unset: the base class refuses it
+            self.check_aggregator_options()
+        return super().build_frozen_network(name)
+
+    def check_aggregator_options(self):
+        """Refuse ``network_agg`` options that build another network than the stage-1 ``network_g`` stored with the
+        aggregator (constructor defaults filled in on both sides)."""
+        path = self.opt['path']['pretrain_network_agg']
+        stored = self.read_weight_file(path, 'path.pretrain_network_agg').get(NETWORK_KEY)
+        if stored is None:
+            get_root_logger().warning(
+                f'path.pretrain_network_agg = {path} carries no network options ("{NETWORK_KEY}": not written by '
+                'KDMTKDAggregationModel, or before it stored them): network_agg cannot be compared with the options '
+                'the aggregator was trained with, and strict loading checks only weight shapes (not dct_norm, '
+                'use_dct, shifted_windows...). Make sure network_agg is the network it was trained as.')
+            return
+        trained, configured = network_arguments(stored), network_arguments(self.opt['network_agg'])
+        differing = [key for key in sorted({*trained, *configured}) if trained.get(key) != configured.get(key)]
+        if differing:
+            raise ValueError(
+                f'network_agg differs from the network the aggregator path.pretrain_network_agg = {path} was trained '
+                'as (the network_g of its stage-1 run): ' +
+                '; '.join(f'network_agg.{key} = {configured.get(key)!r}, stage 1: {trained.get(key)!r}'
+                          for key in differing) +
+                '. Set network_agg as in stage 1 (strict loading does not see options that change no weight shape, '
+                'such as dct_norm, use_dct or shifted_windows).')
+
     def check_teacher_list(self):
         """Refuse an aggregator trained on other teachers than the configured ones, or in another order."""
         path = self.opt['path']['pretrain_network_agg']
         stored = self.read_weight_file(path, 'path.pretrain_network_agg').get(TEACHER_LIST_KEY)
+        declared = self.opt['path'].get('agg_teacher_types')
         if stored is None:
-            raise ValueError(f'path.pretrain_network_agg = {path} carries no teacher list ("{TEACHER_LIST_KEY}"): '
-                             'train the aggregator with KDMTKDAggregationModel (options/mtkd_stage1_x*.yml), whose '
-                             'checkpoint records the teachers it was trained on, in order')
+            self.check_declared_teacher_types(path, declared)
+            return
+        if declared is not None:
+            raise ValueError(f'path.agg_teacher_types = {declared}, but path.pretrain_network_agg = {path} carries its '
+                             'teacher list, which is checked instead: remove path.agg_teacher_types (it is for a '
+                             'file without a teacher list)')
         current = teacher_list(list(self.teachers), self.frozen_sources)
         if teacher_identity(stored) != teacher_identity(current):
             raise ValueError(
@@ -210,6 +262,27 @@ class KDMTKDModel(KDBaseModel):
                 f'but this configuration (network_t1 .. network_t{len(current)}) has\n{describe_teachers(current)}\n'
                 'The aggregator learned which input channels come from which teacher: configure the same teachers '
                 '(network options and weights) in the same order as its stage-1 run.')
+
+    def check_declared_teacher_types(self, path, declared):
+        """An aggregator file without a teacher list: ``path.agg_teacher_types`` must name the types of the teachers
+        it was trained on, in order, and they must be those of the configured teachers."""
+        if declared is None:
+            raise ValueError(
+                f'path.pretrain_network_agg = {path} carries no teacher list ("{TEACHER_LIST_KEY}"): train the '
+                'aggregator with KDMTKDAggregationModel (options/mtkd_stage1_x*.yml), whose checkpoint records the '
+                'teachers it was trained on, in order; for an aggregator trained elsewhere, set '
+                'path.agg_teacher_types to the types of the teachers it was trained on, in the order of its input '
+                'channels (e.g. [EDSR, SwinIR, RCAN])')
+        configured = [self.opt[f'network_{name}']['type'] for name in self.teachers]
+        if declared != configured:
+            raise ValueError(
+                f'path.agg_teacher_types = {declared}: path.pretrain_network_agg = {path} was trained on teachers of '
+                f'these types, in this order, but network_t1 .. network_t{len(configured)} are {configured}. The '
+                'aggregator learned which input channels come from which teacher: configure the teachers in its '
+                'order.')
+        get_root_logger().warning(
+            f'path.pretrain_network_agg = {path} carries no teacher list: the teachers are checked against '
+            f'path.agg_teacher_types = {declared} only (their types, in order; not their options or weights).')
 
     def frozen_target(self, lq):
         """I_MT, the aggregator's output on the teachers' outputs for ``lq`` (each teacher's input padded to its
@@ -244,8 +317,8 @@ class KDMTKDModel(KDBaseModel):
     @classmethod
     def write_random_frozen_files(cls, opt, folder, seed=0):
         """The random frozen files of ``KDBaseModel``, and the aggregator's file given the teacher list of
-        ``opt``'s teachers (each file is ``{'params': state_dict}`` of the network its options build, whose digest
-        is that of the loaded network)."""
+        ``opt``'s teachers and ``network_agg`` as its network options (each file is ``{'params': state_dict}`` of
+        the network its options build, whose digest is that of the loaded network)."""
         super().write_random_frozen_files(opt, folder, seed)
         path_opt = opt['path']
         names = option_teacher_names(opt)
@@ -257,5 +330,5 @@ class KDMTKDModel(KDBaseModel):
                              'digest': weights_digest(state)}
         agg_file = path_opt['pretrain_network_agg']
         checkpoint = torch.load(agg_file, map_location='cpu', weights_only=True)
-        checkpoint[TEACHER_LIST_KEY] = teacher_list(names, sources)
+        checkpoint.update({TEACHER_LIST_KEY: teacher_list(names, sources), NETWORK_KEY: dict(opt['network_agg'])})
         torch.save(checkpoint, agg_file)

@@ -167,6 +167,16 @@ def tiny_logits_opt(demo_root, workdir):
 
 
 @pytest.fixture
+def basicsr_log(caplog):
+    """``caplog`` listening on BasicSR's logger, which does not propagate to the root logger caplog listens to."""
+    from basicsr.utils import get_root_logger
+    logger = get_root_logger()
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
 def logits_opt(demo_root, tmp_path):
     """``tiny_logits_opt`` in the test's tmp_path."""
     return tiny_logits_opt(demo_root, tmp_path)

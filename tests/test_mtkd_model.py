@@ -1,9 +1,11 @@
 """MTKD's two models: stage 1 trains only the aggregator on the teachers' outputs (in the configured order) and saves
 it with the teacher list; stage 2 trains only the student on alpha * L1 to GT + the wavelet loss to the aggregator's
 output, with every frozen forward in one no_grad block; the hand-over through files, and the refusal of a teacher list
-that differs from the stored one; DDP (stage 1) and --auto_resume (stage 2)."""
+or aggregator options that differ from the stored ones (a file without a teacher list needs path.agg_teacher_types);
+DDP (stage 1) and --auto_resume (stage 2)."""
 import copy
 import os
+import re
 
 import pytest
 import torch
@@ -75,6 +77,7 @@ def test_stage1_trains_only_the_aggregator_on_the_teachers_outputs_in_order(stag
     checkpoint = torch.load(tmp_path / 'exp' / 'models' / 'net_g_2.pth', weights_only=True)
     assert not differing_tensors(checkpoint['params'], snapshot(model.net_g))
     assert [t['name'] for t in checkpoint['teachers']] == ['t1', 't2', 't3']
+    assert checkpoint['network'] == stage1_opt['network_g']
     for stored, name in zip(checkpoint['teachers'], ('t1', 't2', 't3')):
         assert stored['network'] == stage1_opt[f'network_{name}']
         assert stored['file'] == stage1_opt['path'][f'pretrain_network_{name}']
@@ -186,6 +189,11 @@ def test_stage1_files_hand_over_to_stage2_and_a_permuted_teacher_list_is_refused
     assert trained_on.index("'type': 'EDSR'") < trained_on.index("'type': 'SwinIR'")
     assert configured.index("'type': 'SwinIR'") < configured.index("'type': 'EDSR'")
 
+    unnormalised = copy.deepcopy(stage2)  # the same weight shapes: strict loading alone would accept it
+    unnormalised['network_agg']['dct_norm'] = None
+    with pytest.raises(ValueError, match="network_agg.dct_norm = None, stage 1: 'ortho'"):
+        build_model_from(unnormalised, str(tmp_path / 'unnormalised'))
+
 
 def test_a_stage2_teacher_with_other_options_or_weights_is_refused(stage2_opt, tmp_path):
     other_weights = copy.deepcopy(stage2_opt)
@@ -196,13 +204,79 @@ def test_a_stage2_teacher_with_other_options_or_weights_is_refused(stage2_opt, t
     with pytest.raises(ValueError, match='was trained on the teachers'):
         build_model_from(other_weights, str(tmp_path / 'a'))
 
-    no_list = copy.deepcopy(stage2_opt)
-    checkpoint = torch.load(no_list['path']['pretrain_network_agg'], weights_only=True)
-    del checkpoint['teachers']
-    no_list['path']['pretrain_network_agg'] = str(tmp_path / 'bare_agg.pth')
-    torch.save(checkpoint, no_list['path']['pretrain_network_agg'])
-    with pytest.raises(ValueError, match='carries no teacher list'):
-        build_model_from(no_list, str(tmp_path / 'b'))
+
+@pytest.mark.parametrize('key, value, trained', [
+    ('use_dct', False, True),  # these three change no weight shape
+    ('dct_norm', None, 'ortho'),
+    ('shifted_windows', False, True),  # unset in the stage-1 options: its default
+    ('window_size', 4, 8),  # these two do: named before strict loading fails on the shapes
+    ('embed_dim', 24, 12),
+])
+def test_a_stage2_aggregator_built_otherwise_than_in_stage_1_is_refused(stage2_opt, tmp_path, key, value, trained):
+    opt = copy.deepcopy(stage2_opt)
+    opt['network_agg'][key] = value
+    with pytest.raises(ValueError) as error:
+        build_model_from(opt, str(tmp_path / 'exp'))
+    message = str(error.value)
+    assert f'network_agg.{key} = {value!r}, stage 1: {trained!r}' in message
+    assert f'path.pretrain_network_agg = {opt["path"]["pretrain_network_agg"]}' in message
+
+
+def test_stage2_aggregator_options_are_compared_with_the_constructor_defaults_filled_in(stage2_opt, tmp_path):
+    opt = copy.deepcopy(stage2_opt)
+    opt['network_agg'].update(shifted_windows=True, drop_path_rate=0.1)  # the defaults stage 1 left unset
+    build_model_from(opt, str(tmp_path / 'exp'))
+
+
+def without(opt, entries, tmp_path):
+    """A copy of ``opt`` whose aggregator file lacks the checkpoint ``entries``."""
+    opt = copy.deepcopy(opt)
+    checkpoint = torch.load(opt['path']['pretrain_network_agg'], weights_only=True)
+    for entry in entries:
+        del checkpoint[entry]
+    opt['path']['pretrain_network_agg'] = str(tmp_path / f'agg_without_{"_".join(entries)}.pth')
+    torch.save(checkpoint, opt['path']['pretrain_network_agg'])
+    return opt
+
+
+def logged(log, text):
+    return [record.getMessage() for record in log.records if text in record.getMessage()]
+
+
+def test_an_aggregator_file_without_a_teacher_list_needs_path_agg_teacher_types(stage2_opt, tmp_path, basicsr_log):
+    opt = without(stage2_opt, ['teachers', 'network'], tmp_path)  # an aggregator trained elsewhere
+    with pytest.raises(ValueError, match=r'carries no teacher list .*path\.agg_teacher_types'):
+        build_model_from(opt, str(tmp_path / 'refused'))
+
+    authors_order = copy.deepcopy(opt)
+    authors_order['path']['agg_teacher_types'] = ['EDSR', 'SwinIR', 'RCAN']
+    with pytest.raises(ValueError) as error:
+        build_model_from(authors_order, str(tmp_path / 'permuted'))
+    assert re.search(r"path\.agg_teacher_types = \['EDSR', 'SwinIR', 'RCAN'\].*network_t1 \.\. network_t3 are "
+                     r"\['EDSR', 'RCAN', 'SwinIR'\]", str(error.value))
+
+    opt['path']['agg_teacher_types'] = ['EDSR', 'RCAN', 'SwinIR']
+    basicsr_log.clear()
+    model = build_model_from(opt, str(tmp_path / 'accepted'))
+    assert len(logged(basicsr_log, 'checked against path.agg_teacher_types')) == 1
+    assert len(logged(basicsr_log, 'network_agg cannot be compared')) == 1
+    saved = torch.load(opt['path']['pretrain_network_agg'], weights_only=True)['params']
+    assert not differing_tensors(snapshot(model.frozen['agg']), saved)
+
+
+def test_path_agg_teacher_types_is_refused_for_a_file_with_a_teacher_list(stage2_opt, tmp_path):
+    opt = copy.deepcopy(stage2_opt)
+    opt['path']['agg_teacher_types'] = ['EDSR', 'RCAN', 'SwinIR']
+    with pytest.raises(ValueError, match='remove path.agg_teacher_types'):
+        build_model_from(opt, str(tmp_path / 'exp'))
+
+
+def test_a_stage1_file_without_network_options_loads_and_says_they_cannot_be_compared(
+        stage2_opt, tmp_path, basicsr_log):
+    opt = without(stage2_opt, ['network'], tmp_path)  # written before stage 1 stored them
+    build_model_from(opt, str(tmp_path / 'exp'))
+    warnings = logged(basicsr_log, 'network_agg cannot be compared')
+    assert len(warnings) == 1 and opt['path']['pretrain_network_agg'] in warnings[0]
 
 
 @pytest.mark.parametrize('change, option', [

@@ -147,10 +147,11 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
             assert all(torch.isfinite(torch.as_tensor(value)) for value in model.log_dict.values()), model.log_dict
         model.save(-1, -1)
     checkpoint = torch.load(models / 'net_g_latest.pth', weights_only=True)
-    # MTKD's stage 1 trains its aggregator as network_g: fed the teachers' outputs (HR size), saved with their list;
-    # an SKD student records its pixel range (KDEvalModel checks val.pixel_range against it)
+    # MTKD's stage 1 trains its aggregator as network_g: fed the teachers' outputs (HR size), saved with their list
+    # and its own network options; an SKD student records its pixel range (KDEvalModel checks val.pixel_range)
     aggregator = opt['model_type'] == 'KDMTKDAggregationModel'
-    extras = {'KDMTKDAggregationModel': {'teachers'}, 'KDSKDModel': {'pixel_range'}}.get(opt['model_type'], set())
+    extras = {'KDMTKDAggregationModel': {'teachers', 'network'}, 'KDSKDModel': {'pixel_range'}}.get(opt['model_type'],
+                                                                                                   set())
     assert set(checkpoint) <= {'params', 'params_ema', *extras}
     frozen = opt['path'].get('ignore_resume_networks') or []
     for key in (k for k in opt if k.startswith('network_') and k != 'network_g'):
