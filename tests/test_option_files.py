@@ -150,9 +150,8 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
     # MTKD's stage 1 trains its aggregator as network_g: fed the teachers' outputs (HR size), saved with their list
     # and its own network options; an SKD student records its pixel range (KDEvalModel checks val.pixel_range)
     aggregator = opt['model_type'] == 'KDMTKDAggregationModel'
-    extras = {'KDMTKDAggregationModel': {'teachers', 'network'}, 'KDSKDModel': {'pixel_range'}}.get(opt['model_type'],
-                                                                                                   set())
-    assert set(checkpoint) <= {'params', 'params_ema', *extras}
+    extras = {'KDMTKDAggregationModel': {'teachers', 'network'}, 'KDSKDModel': {'pixel_range'}}
+    assert set(checkpoint) <= {'params', 'params_ema', *extras.get(opt['model_type'], ())}
     frozen = opt['path'].get('ignore_resume_networks') or []
     for key in (k for k in opt if k.startswith('network_') and k != 'network_g'):
         saved = (models / f'net_{key[len("network_"):]}_latest.pth').is_file()
