@@ -1,7 +1,8 @@
 """Every key of an option file must be one that BasicSR 1.4.2 or the chosen model, network, loss or dataset reads:
 a misspelt key (``train.teacher_autocst``) would otherwise silently turn off what it names.
 
-A spec is a nested dict: a key maps to ``None`` (any value), to a nested spec, or to one of the markers below;
+A spec is a nested dict: a key maps to ``None`` (any value), to a nested spec, to one of the markers below, or to a
+tuple of loss class names (a loss dict of one of those kinds, which the model checks: ``KDBaseModel.loss_kinds``);
 keys may be shell patterns (``pretrain_network_*``). Where the keys come from:
 
 - BasicSR 1.4.2's own (``BASICSR_KEYS``): read from its source, file by file (``basicsr/train.py``, ``test.py``,
@@ -150,8 +151,8 @@ def unknown_keys(opt, spec, where=''):
             close = difflib.get_close_matches(str(key), [k for k in spec if not any(c in k for c in '*?[')], n=3,
                                               cutoff=0.6)
             found.append((path, close))
-        elif isinstance(entry, str):  # a marker: the keys depend on the value's type
-            entry = marker_spec(entry, value)
+        elif isinstance(entry, (str, tuple)):  # a marker (a tuple: a loss): the keys depend on the value's type
+            entry = marker_spec(LOSS if isinstance(entry, tuple) else entry, value)
             if entry is not None:
                 found += unknown_keys(value, entry, path)
         elif isinstance(entry, dict) and isinstance(value, dict):
@@ -178,11 +179,13 @@ def check_option_keys(opt, source='the options'):
 
 
 def flat_keys(spec, where=''):
-    """The dotted key paths of a spec (markers shown as ``<network>`` etc.)."""
+    """The dotted key paths of a spec (markers shown as ``<network>`` etc., loss kinds as ``<loss: A | B>``)."""
     for key, value in spec.items():
         path = f'{where}.{key}' if where else key
         if isinstance(value, dict):
             yield from flat_keys(value, path)
+        elif isinstance(value, tuple):
+            yield f'{path} <loss: {" | ".join(value)}>'
         else:
             yield path + (f' <{value}>' if value else '')
 
