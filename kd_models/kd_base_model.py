@@ -183,9 +183,9 @@ class KDBaseModel(SRModel):
     helper_networks = ()
     single_teacher = False  # True: the method distils exactly one teacher, network_t
     # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py): a tuple of loss class names is a
-    # loss dict of one of those kinds
-    option_keys = {'train': {'teacher_inputs': None, 'feature_taps': None, 'teacher_autocast': None,
-                             'teacher_cache': None, 'progressive_patches': None, 'pixel_opt': PIXEL_LOSSES,
+    # loss dict of one of those kinds; 'text': free text (module or file paths), never read as a number
+    option_keys = {'train': {'teacher_inputs': None, 'feature_taps': 'text', 'teacher_autocast': None,
+                             'teacher_cache': 'text', 'progressive_patches': None, 'pixel_opt': PIXEL_LOSSES,
                              'perceptual_opt': ('PerceptualLoss', )}}
 
     def __init__(self, opt):
