@@ -1,7 +1,8 @@
 """Every key of an option file must be one that BasicSR 1.4.2 or the chosen model, network, loss or dataset reads:
 a misspelt key (``train.teacher_autocst``) would otherwise silently turn off what it names.
 
-A spec is a nested dict: a key maps to ``None`` (any value), to a nested spec, or to one of the markers below;
+A spec is a nested dict: a key maps to ``None`` (any value), to a nested spec, to one of the markers below, or to a
+tuple of loss class names (a loss dict of one of those kinds, which the model checks: ``KDBaseModel.loss_kinds``);
 keys may be shell patterns (``pretrain_network_*``). Where the keys come from:
 
 - BasicSR 1.4.2's own (``BASICSR_KEYS``): read from its source, file by file (``basicsr/train.py``, ``test.py``,
@@ -15,19 +16,25 @@ keys may be shell patterns (``pretrain_network_*``). Where the keys come from:
 
 ``strict_options: false`` at the top of an option file turns the errors into warnings (for forks with keys of
 their own).
+
+``check_number_strings``: YAML 1.1 (PyYAML, BasicSR's reader) reads a number with an exponent as a number only with a
+dot and a signed exponent: ``1e-6``, ``5e3`` and ``1.0e6`` are strings. Such a string (or a quoted number) where a
+number is expected is refused too: in the networks, ``train``, ``val`` and ``logger``, except under keys marked
+``text`` (module and file paths, names).
 """
 import difflib
 import fnmatch
 import inspect
+import re
 import warnings
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-# Markers: a dict whose keys are those of its ``type`` (plain words, so that a model file can declare them without
-# importing this module).
-MARKERS = NETWORK, LOSS, OPTIMIZER, SCHEDULER, DATASET, METRICS = (
-    'network', 'loss', 'optimizer', 'scheduler', 'dataset', 'metrics')
+# Markers: a dict whose keys are those of its ``type``, or free text (plain words, so that a model file can declare
+# them without importing this module).
+MARKERS = NETWORK, LOSS, OPTIMIZER, SCHEDULER, DATASET, METRICS, TEXT = (
+    'network', 'loss', 'optimizer', 'scheduler', 'dataset', 'metrics', 'text')
 
 
 # The dataset and data-loader keys BasicSR reads (build_dataloader, its prefetchers, the paired and single datasets,
@@ -55,9 +62,9 @@ BASICSR_KEYS = {
         'ema_decay': None, 'optim_*': OPTIMIZER, 'scheduler': SCHEDULER, 'total_iter': None, 'warmup_iter': None,
         'pixel_opt': LOSS, 'perceptual_opt': LOSS
     },
-    'val': {'val_freq': None, 'save_img': None, 'suffix': None, 'pbar': None, 'metrics': METRICS},
+    'val': {'val_freq': None, 'save_img': None, 'suffix': TEXT, 'pbar': None, 'metrics': METRICS},
     'logger': {'print_freq': None, 'save_checkpoint_freq': None, 'use_tb_logger': None,
-               'wandb': {'project': None, 'resume_id': None}},
+               'wandb': {'project': TEXT, 'resume_id': TEXT}},
 }
 # What the basicsr-kd plumbing itself reads (preflight, evaluation): not a model's keys.
 PLUGIN_KEYS = {'strict_options': None}
@@ -111,8 +118,8 @@ def marker_spec(marker, value):
         if isinstance(dataset, type) and issubclass(dataset, PairedImageDataset) and hasattr(dataset, 'option_keys'):
             return merge(DATASET_KEYS, class_keys(dataset))  # one of ours: PairedImageDataset's keys and its own
         return None
-    if marker == METRICS:
-        return None  # BasicSR's metric functions all take **kwargs
+    if marker in (METRICS, TEXT):
+        return None  # BasicSR's metric functions all take **kwargs; text is any value
     registry = {NETWORK: ARCH_REGISTRY, LOSS: LOSS_REGISTRY}.get(marker)
     if registry is not None:
         name = kind if kind in registry else f'{kind}_basicsr'  # our backbones register with BasicSR's suffix
@@ -150,8 +157,8 @@ def unknown_keys(opt, spec, where=''):
             close = difflib.get_close_matches(str(key), [k for k in spec if not any(c in k for c in '*?[')], n=3,
                                               cutoff=0.6)
             found.append((path, close))
-        elif isinstance(entry, str):  # a marker: the keys depend on the value's type
-            entry = marker_spec(entry, value)
+        elif isinstance(entry, (str, tuple)):  # a marker (a tuple: a loss): the keys depend on the value's type
+            entry = marker_spec(LOSS if isinstance(entry, tuple) else entry, value)
             if entry is not None:
                 found += unknown_keys(value, entry, path)
         elif isinstance(entry, dict) and isinstance(value, dict):
@@ -177,12 +184,63 @@ def check_option_keys(opt, source='the options'):
     warnings.warn(message)
 
 
+# A number PyYAML reads as a string: 1e-6, 5e3, 1.0e6, .5e3 (no dot or no exponent sign), or a quoted '0.5'
+NUMBER_TEXT = re.compile(r'[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?')
+NUMBER_SECTIONS = ('network_*', 'train', 'val', 'logger')  # the sections whose strings are words, never numbers
+
+
+def number_advice(text):
+    """How to write ``text``, a number PyYAML reads as a string, so that it reads as a number."""
+    mantissa, _, exponent = text.lower().partition('e')
+    if not exponent:
+        return 'write it without quotes'
+    missing = [part for part, given in (('a dot', '.' in mantissa), ('a sign in the exponent', exponent[0] in '+-'))
+               if not given]
+    fixed = f'{mantissa if "." in mantissa else mantissa + ".0"}e{exponent if exponent[0] in "+-" else "+" + exponent}'
+    return f'YAML reads {text} without {" and ".join(missing)} as text; write {fixed} or !!float {text}'
+
+
+def number_strings(opt, spec):
+    """[(path, value)] of the strings of ``opt`` that read as numbers, in ``NUMBER_SECTIONS`` outside keys the
+    spec marks ``text``."""
+    found = []
+
+    def walk(value, entry, where):
+        if entry == TEXT:
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, matching(entry, str(key))[0] if isinstance(entry, dict) else None, f'{where}.{key}')
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, entry, f'{where}[{index}]')
+        elif isinstance(value, str) and NUMBER_TEXT.fullmatch(value.strip()):
+            found.append((where, value))
+
+    for key, value in opt.items():
+        if any(fnmatch.fnmatchcase(str(key), section) for section in NUMBER_SECTIONS):
+            walk(value, matching(spec, str(key))[0], str(key))
+    return found
+
+
+def check_number_strings(opt, source='the options'):
+    """Raise ValueError for a string of ``opt`` that reads as a number (``number_strings``): a loss weight, learning
+    rate or temperature written ``1e-6`` would reach the code as text."""
+    found = number_strings(opt, option_spec(opt))
+    if not found:
+        return
+    lines = [f'{path} = {value!r} is a string: {number_advice(value.strip())}' for path, value in found]
+    raise ValueError(f'{source}: ' + '; '.join(lines))
+
+
 def flat_keys(spec, where=''):
-    """The dotted key paths of a spec (markers shown as ``<network>`` etc.)."""
+    """The dotted key paths of a spec (markers shown as ``<network>`` etc., loss kinds as ``<loss: A | B>``)."""
     for key, value in spec.items():
         path = f'{where}.{key}' if where else key
         if isinstance(value, dict):
             yield from flat_keys(value, path)
+        elif isinstance(value, tuple):
+            yield f'{path} <loss: {" | ".join(value)}>'
         else:
             yield path + (f' <{value}>' if value else '')
 

@@ -1,5 +1,6 @@
-"""Checks of an option file that ``train.py``/``test.py`` run before BasicSR starts, so that a wrong type, data
-folder or patch size fails with a message naming the option instead of a traceback from inside a data loader."""
+"""Checks of an option file that ``train.py``/``test.py`` run before BasicSR starts, so that a wrong type, key,
+number written as text (``1e-6``), data folder or patch size fails with a message naming the option instead of a
+traceback from inside a data loader."""
 import os
 
 import yaml
@@ -7,21 +8,22 @@ from PIL import Image
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from .option_keys import check_option_keys
+from .option_keys import check_number_strings, check_option_keys
 from .registration import plugin_names
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy')
 
 
 def check_option_file(opt_path, data=True):
-    """Parse ``opt_path``, check its types, its keys and (``data``) its data folders; raise KeyError/ValueError/
-    FileNotFoundError naming the option."""
+    """Parse ``opt_path``, check its types, its keys, its numbers and (``data``) its data folders; raise KeyError/
+    ValueError/FileNotFoundError naming the option."""
     if not os.path.isfile(opt_path):
         raise FileNotFoundError(f'-opt {opt_path}: no such option file')
     with open(opt_path) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
     check_registered_types(opt)
     check_option_keys(opt, opt_path)
+    check_number_strings(opt, opt_path)
     for phase, dataset_opt in (opt.get('datasets') or {}).items() if data else ():
         names = check_dataset_folders(dataset_opt, f'datasets.{phase}')
         check_disk_patch_size(dataset_opt, f'datasets.{phase}', names.get('dataroot_gt'))
@@ -121,7 +123,7 @@ def check_disk_patch_size(dataset_opt, where, gt_names=None):
 
 def main(argv=None):
     """``python -m basicsr_kd.preflight options/a.yml [...] [--data]``: the checks train.py runs before it starts
-    (types and keys; data folders with --data), one line per file; exit status 1 if any fails."""
+    (types, keys and numbers; data folders with --data), one line per file; exit status 1 if any fails."""
     import argparse
     import sys
     from .registration import register_plugin

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import basicsr_kd  # noqa: F401  (makes BasicSR 1.4.2 importable)
 from basicsr.utils.options import ordered_yaml
 from datasets_prep.common import OFFICIAL_COUNTS, check_count, image_size, make_parser, run
-from basicsr_kd.option_keys import check_option_keys
+from basicsr_kd.option_keys import check_number_strings, check_option_keys
 from basicsr_kd.preflight import check_dataset_folders, check_patch_size, image_names, patch_size_to_check
 from basicsr_kd.registration import register_plugin
 
@@ -132,6 +132,7 @@ def check_option(opt_path, expect=True):
         opt = yaml.load(f, Loader=ordered_yaml()[0])
     register_plugin()
     check_option_keys(opt, opt_path)  # what train.py checks before anything else
+    check_number_strings(opt, opt_path)
     datasets = opt.get('datasets') or {}
     if not datasets:
         raise ValueError(f'{opt_path}: no datasets')

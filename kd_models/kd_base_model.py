@@ -14,6 +14,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.registry import LOSS_REGISTRY
 
 from .kd_eval_model import pad_to_multiple
 from .kd_progressive_patches import ProgressivePatches
@@ -21,11 +22,22 @@ from .kd_progressive_patches import ProgressivePatches
 TEACHER_KEY = re.compile(r'^network_(t\d*)$')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 TEACHER_INPUTS = ('lq', 'gt')
+# Any pixel-style loss: a per-pixel distance between two images (the student's output and its target). A loss key
+# that takes any of them declares PIXEL_LOSSES (not WeightedTVLoss, a smoothness term of one image).
+PIXEL_LOSSES = ('L1Loss', 'MSELoss', 'CharbonnierLoss')
 
 
 def option_teacher_names(opt):
     """The teachers an option dict defines (``network_t``, or ``network_t1`` .. ``network_tN``), in order."""
     return sorted((m.group(1) for m in map(TEACHER_KEY.match, opt) if m), key=lambda n: int(n[1:] or 0))
+
+
+def accepts_loss(loss_class, kinds):
+    """Whether a loss class is of one of ``kinds`` (loss class names): named there itself, or derived from a named
+    base that is not registered (``KDTapLoss`` admits every tap loss). A registered name admits only itself:
+    BasicSR's WeightedTVLoss derives from L1Loss but compares no two images."""
+    return loss_class.__name__ in kinds or any(base.__name__ in kinds and base.__name__ not in LOSS_REGISTRY
+                                               for base in loss_class.__mro__[1:])
 
 
 def freeze(net):
@@ -126,8 +138,9 @@ class KDBaseModel(SRModel):
     - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
       after each forward (``self.taps[<name>]``).
     - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only).
-    - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default);
-      ``train.perceptual_opt`` (optional): BasicSR's PerceptualLoss to the same target.
+    - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default), any pixel-style
+      loss (``PIXEL_LOSSES``: L1Loss, MSELoss, CharbonnierLoss); ``train.perceptual_opt`` (optional): BasicSR's
+      PerceptualLoss to the same target.
     - ``train.teacher_cache``: a folder of ``datasets_prep/cache_teacher_outputs.py``: the frozen target comes with
       each batch (``KDCachedTargetDataset``) instead of from the frozen forwards, for the methods whose
       ``frozen_target`` needs nothing but the LQ input (its manifest must match the options, checked before step 1).
@@ -138,6 +151,10 @@ class KDBaseModel(SRModel):
     Hooks for a method (each has a default):
 
     - ``single_teacher``: True when the method distils exactly one teacher, ``network_t`` (refused otherwise).
+    - ``option_keys``: the keys the method reads; a loss key maps to the loss classes it accepts (a tuple of names,
+      e.g. ``{'train': {'ce_opt': ('KDCodebookCrossEntropyLoss', )}}``; ``PIXEL_LOSSES`` for any pixel-style loss).
+      A loss of another kind is refused first thing in ``init_training_settings`` (``check_loss_kinds``);
+      ``build_train_loss(key)`` builds one.
 
     - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
       ``self.diagnostics`` are logged beside them but not optimised.
@@ -165,16 +182,19 @@ class KDBaseModel(SRModel):
     frozen_copies = ()
     helper_networks = ()
     single_teacher = False  # True: the method distils exactly one teacher, network_t
-    # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py; 'loss': a loss dict)
-    option_keys = {'train': {'teacher_inputs': None, 'feature_taps': None, 'teacher_autocast': None,
-                             'teacher_cache': None, 'progressive_patches': None}}
+    # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py): a tuple of loss class names is a
+    # loss dict of one of those kinds; 'text': free text (module or file paths), never read as a number
+    option_keys = {'train': {'teacher_inputs': None, 'feature_taps': 'text', 'teacher_autocast': None,
+                             'teacher_cache': 'text', 'progressive_patches': None, 'pixel_opt': PIXEL_LOSSES,
+                             'perceptual_opt': ('PerceptualLoss', )}}
 
     def __init__(self, opt):
         self.check_not_data_parallel(opt)  # before SRModel wraps the student
         super().__init__(opt)
 
     def init_training_settings(self):
-        self.check_network_keys()  # option checks first: a scale mismatch must not surface as a load error
+        self.check_loss_kinds()  # option checks first: a scale mismatch must not surface as a load error
+        self.check_network_keys()
         self.check_resume_settings()
         self.check_scales()
         self.teacher_inputs = self.check_teacher_inputs()
@@ -209,11 +229,39 @@ class KDBaseModel(SRModel):
             else:
                 self.model_ema(0)
             self.net_g_ema.eval()
-        self.cri_pix = build_loss(train_opt['pixel_opt']).to(self.device) if train_opt.get('pixel_opt') else None
-        perceptual_opt = train_opt.get('perceptual_opt')
-        self.cri_perceptual = build_loss(perceptual_opt).to(self.device) if perceptual_opt else None
+        self.cri_pix = self.build_train_loss('pixel_opt')
+        self.cri_perceptual = self.build_train_loss('perceptual_opt')
         self.setup_optimizers()
         self.setup_schedulers()
+
+    # ----------------------------------------------------------------------------------------------- losses
+    @classmethod
+    def loss_kinds(cls):
+        """{train key: the loss class names it accepts}, as the class and its bases declare them in ``option_keys``
+        (the most derived declaration wins)."""
+        kinds = {}
+        for base in reversed(cls.__mro__):
+            declared = vars(base).get('option_keys', {}).get('train', {})
+            kinds.update((key, value) for key, value in declared.items() if isinstance(value, tuple))
+        return kinds
+
+    def check_loss_kinds(self):
+        """Every loss the options set must be of a kind its key accepts (``loss_kinds``): another kind would train
+        silently on the wrong quantity (``ce_opt: {type: L1Loss}``) or fail inside the first step."""
+        for key, kinds in self.loss_kinds().items():
+            loss_opt = self.opt['train'].get(key)
+            if not loss_opt:
+                continue
+            loss_class = LOSS_REGISTRY.get(loss_opt.get('type'))
+            if not accepts_loss(loss_class, kinds):
+                accepted = sorted(name for name, other in LOSS_REGISTRY if accepts_loss(other, kinds))
+                raise ValueError(f'train.{key}.type = {loss_opt["type"]}: {type(self).__name__} takes '
+                                 f'{"one of " if len(accepted) > 1 else ""}{", ".join(accepted)} there')
+
+    def build_train_loss(self, key, loss_opt=None):
+        """The loss ``train.<key>`` (or ``loss_opt``, the dict it holds) on the device; None when it is not set."""
+        loss_opt = self.opt['train'].get(key) if loss_opt is None else loss_opt
+        return build_loss(loss_opt).to(self.device) if loss_opt else None
 
     # ----------------------------------------------------------------------------------------------- networks
     def teacher_names(self):

@@ -1,7 +1,6 @@
 """DCKD (dckd.txt, AAAI 2025): dynamic contrastive regularisation and the distribution mapping module; DCKD* adds
 DUKD's label-consistency term (KDLogitsModel's ``label_consistency_opt``)."""
 import torch
-from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_degradations import KDDegradations
@@ -70,7 +69,8 @@ class KDDCKDModel(KDLogitsModel):
 
     frozen_networks = ('vqgan', )
     frozen_copies = ('his', )
-    option_keys = {'train': {'dcl_opt': 'loss', 'ce_opt': 'loss', 'negatives': None,  # KDDegradations checks its keys
+    option_keys = {'train': {'dcl_opt': ('KDDynamicContrastiveLoss', ), 'ce_opt': ('KDCodebookCrossEntropyLoss', ),
+                             'negatives': None,  # KDDegradations checks its keys
                              'history': {'alpha': None, 'source': None, 'update_schedule': None}}}
 
     def init_training_settings(self):
@@ -104,8 +104,8 @@ class KDDCKDModel(KDLogitsModel):
         if 'vqgan' in self.taps:
             raise ValueError('train.feature_taps.network_vqgan: DCKD uses the VQGAN\'s own taps (its tap_names); '
                              'remove this key')
-        self.cri_dcl = build_loss(train_opt['dcl_opt']).to(self.device) if train_opt.get('dcl_opt') else None
-        self.cri_ce = build_loss(train_opt['ce_opt']).to(self.device) if train_opt.get('ce_opt') else None
+        self.cri_dcl = self.build_train_loss('dcl_opt')
+        self.cri_ce = self.build_train_loss('ce_opt')
         self.degradations = None
         if self.cri_dcl is not None:
             layers = len(getattr(self.cri_dcl, 'layer_weights', self.vqgan.tap_names))

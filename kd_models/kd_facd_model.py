@@ -1,7 +1,6 @@
 """FACD (Moon et al., IEEE Access 2023, facd.txt): feature-domain adaptive contrastive distillation, and FCD."""
 import torch
-from basicsr.losses import build_loss
-from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
 
@@ -45,13 +44,16 @@ class KDFACDModel(KDBaseModel):
 
     helper_networks = ('reg', )
     single_teacher = True
-    option_keys = {'train': {'facd': {'adaptive_image': None, 'adaptive_feature': None}, 'image_opt': 'loss',
-                             'feature_opt': 'loss'}}
+    option_keys = {'train': {'facd': {'adaptive_image': None, 'adaptive_feature': None},
+                             'image_opt': ('KDAdaptiveImageLoss', ), 'feature_opt': ('KDFeatureContrastiveLoss', )}}
 
     def init_training_settings(self):
         self.check_batch_size()
-        super().init_training_settings()
         train_opt = self.opt['train']
+        for key in ('image_opt', 'feature_opt'):
+            if not train_opt.get(key):
+                raise ValueError(f'KDFACDModel needs train.{key} ({self.loss_kinds()[key][0]})')
+        super().init_training_settings()
         switches = train_opt.get('facd') or {}
         unknown = sorted(set(switches) - set(SWITCHES))
         if unknown:
@@ -60,8 +62,8 @@ class KDFACDModel(KDBaseModel):
         for name, value in self.adaptive.items():
             if not isinstance(value, bool):
                 raise ValueError(f'train.facd.{name} = {value!r}: use true or false')
-        self.cri_image = self.build_method_loss('image_opt', 'KDAdaptiveImageLoss')
-        self.cri_feature = self.build_method_loss('feature_opt', 'KDFeatureContrastiveLoss')
+        self.cri_image = self.build_train_loss('image_opt')
+        self.cri_feature = self.build_train_loss('feature_opt')
         self.check_taps_and_regressor()
 
     def check_batch_size(self):
@@ -71,15 +73,6 @@ class KDFACDModel(KDBaseModel):
             raise ValueError(f'datasets.train.batch_size_per_gpu = {train_set["batch_size_per_gpu"]}: FACD\'s '
                              'negatives are the other samples of each GPU\'s batch (Eq. 4), so a batch of one has '
                              'none. Use at least 2 samples per GPU (the paper: 16 on one GPU).')
-
-    def build_method_loss(self, key, loss_type):
-        loss_opt = self.opt['train'].get(key)
-        if not loss_opt:
-            raise ValueError(f'KDFACDModel needs train.{key} ({loss_type})')
-        loss = build_loss(loss_opt).to(self.device)
-        if not isinstance(loss, LOSS_REGISTRY.get(loss_type)):
-            raise ValueError(f'train.{key}.type = {loss_opt["type"]}: KDFACDModel needs {loss_type} (or a subclass)')
-        return loss
 
     def check_taps_and_regressor(self):
         taps_g, taps_t = self.taps.get('g'), self.taps.get('t')

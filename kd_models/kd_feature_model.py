@@ -1,5 +1,4 @@
 """Feature distillation baselines (FitNet, AT, FAKD): a loss between tapped student and teacher features."""
-from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
@@ -12,6 +11,8 @@ class KDFeatureModel(KDLogitsModel):
 
     ``train.feature_taps`` pairs ``network_g`` and ``network_t`` module paths in order; the student's features go
     through the trainable helper ``network_reg`` first when the options define one (FitNet's regressor).
+    ``train.feature_opt`` takes any loss between tapped features (a ``KDTapLoss``: KDHintLoss, KDAttentionTransferLoss,
+    KDSpatialAffinityLoss, ...).
     ``train.kd_opt`` is optional here. Overrides ``init_training_settings`` (adds ``feature_opt``, checks the taps)
     and ``compute_losses`` (adds ``l_feat``).
 
@@ -27,7 +28,7 @@ class KDFeatureModel(KDLogitsModel):
 
     requires_kd_opt = False
     frozen_target = KDBaseModel.frozen_target  # the teacher's taps are needed at every step: no cache
-    option_keys = {'train': {'feature_opt': 'loss'}}
+    option_keys = {'train': {'feature_opt': ('KDTapLoss', )}}
     helper_networks = ('reg', )
 
     def init_training_settings(self):
@@ -37,7 +38,7 @@ class KDFeatureModel(KDLogitsModel):
             raise ValueError('KDFeatureModel needs train.feature_taps.network_g and .network_t, equally long')
         if not train_opt.get('feature_opt'):
             raise ValueError('KDFeatureModel needs train.feature_opt, the loss between tapped features')
-        self.cri_feat = build_loss(train_opt['feature_opt']).to(self.device)
+        self.cri_feat = self.build_train_loss('feature_opt')
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)

@@ -1,8 +1,7 @@
 """Logits KD: the output-distillation baseline every paper of basicsr-kd compares against."""
-from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from .kd_base_model import KDBaseModel
+from .kd_base_model import PIXEL_LOSSES, KDBaseModel
 from .kd_label_consistency import apply_label_consistency_ops, draw_label_consistency_ops, undo_label_consistency_ops
 
 
@@ -11,7 +10,8 @@ class KDLogitsModel(KDBaseModel):
     """Logits KD for restoration: L = w_pix·L1(S, GT) + w_kd·L1(S, T), the Logits KD rows of the
     papers' tables.
 
-    The two weights are the ``loss_weight`` of ``train.pixel_opt`` and ``train.kd_opt`` (both 1 by default).
+    The two weights are the ``loss_weight`` of ``train.pixel_opt`` and ``train.kd_opt`` (both 1 by default); both
+    take any pixel-style loss (L1Loss, MSELoss, CharbonnierLoss), and so does ``label_consistency_opt``.
     Overrides ``init_training_settings`` (adds ``kd_opt``) and ``compute_losses`` (adds ``l_kd``); the rest is
     KDBaseModel's.
 
@@ -39,14 +39,19 @@ class KDLogitsModel(KDBaseModel):
 
     requires_kd_opt = True
     single_teacher = True
-    option_keys = {'train': {'kd_opt': 'loss', 'label_consistency_opt': None}}  # the latter: a loss dict + prob
+    option_keys = {'train': {'kd_opt': PIXEL_LOSSES, 'label_consistency_opt': None}}  # the latter: a loss dict + prob
+
+    @classmethod
+    def loss_kinds(cls):
+        """The declared kinds, and those of ``label_consistency_opt`` (its dict is a loss plus ``prob``)."""
+        return {**super().loss_kinds(), 'label_consistency_opt': PIXEL_LOSSES}
 
     def init_training_settings(self):
         super().init_training_settings()
         kd_opt = self.opt['train'].get('kd_opt')
         if self.requires_kd_opt and not kd_opt:
             raise ValueError(f'{type(self).__name__} needs train.kd_opt, the loss between student and teacher outputs')
-        self.cri_kd = build_loss(kd_opt).to(self.device) if kd_opt else None
+        self.cri_kd = self.build_train_loss('kd_opt')
         self.cri_lc, self.lc_prob, self.lc_ops = None, 0.5, None
         lc_opt = dict(self.opt['train'].get('label_consistency_opt') or {})
         if lc_opt:
@@ -54,7 +59,8 @@ class KDLogitsModel(KDBaseModel):
             if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
                 raise ValueError(f'train.label_consistency_opt.prob = {prob!r}: must be a probability in [0, 1]')
             try:
-                self.cri_lc, self.lc_prob = build_loss(lc_opt).to(self.device), float(prob)
+                self.cri_lc = self.build_train_loss('label_consistency_opt', lc_opt)
+                self.lc_prob = float(prob)
             except TypeError as error:  # an unknown key: the loss class refuses it
                 raise ValueError(f'train.label_consistency_opt: {error} (prob is its only own key)') from None
 

@@ -4,12 +4,11 @@ import inspect
 from collections import OrderedDict
 
 import torch
-from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
-from .kd_base_model import KDBaseModel, option_teacher_names, weights_digest
+from .kd_base_model import PIXEL_LOSSES, KDBaseModel, option_teacher_names, weights_digest
 from .kd_eval_model import forward_padded
 
 TEACHER_LIST_KEY = 'teachers'  # the entry of the stage-1 checkpoint that holds the teacher list
@@ -169,7 +168,7 @@ class KDMTKDModel(KDBaseModel):
     strictly from ``path.pretrain_network_agg``, the ``net_g_<iter>.pth`` of a stage-1 run) and run in one no_grad
     block; the aggregator's output I_MT (``self.aggregated``) is the distillation target. ``train.pixel_opt`` is
     alpha * L1 to GT (alpha = its ``loss_weight``, 0.1) and ``train.distill_opt`` is L_dis: ``KDWaveletLoss``
-    (Eq. 3), or ``L1Loss`` for the authors' released objective and ablation v5 (Tab. 5).
+    (Eq. 3), or any pixel-style loss (``L1Loss`` for the authors' released objective and ablation v5, Tab. 5).
 
     Before the first step the teacher list stored with the aggregator must equal the configured one, position by
     position: same network options and same weights (digest). Anything else (another order, another teacher, other
@@ -198,7 +197,7 @@ class KDMTKDModel(KDBaseModel):
     """
 
     frozen_networks = ('agg', )
-    option_keys = {'train': {'distill_opt': 'loss'}, 'path': {'agg_teacher_types': None}}
+    option_keys = {'train': {'distill_opt': ('KDWaveletLoss', *PIXEL_LOSSES)}, 'path': {'agg_teacher_types': None}}
 
     def init_training_settings(self):
         agg_scale = self.opt.get('network_agg', {}).get('scale')
@@ -211,7 +210,7 @@ class KDMTKDModel(KDBaseModel):
         super().init_training_settings()
         check_num_teachers(self.frozen['agg'], 'network_agg', self.teachers)
         self.check_teacher_list()
-        self.cri_dis = build_loss(self.opt['train']['distill_opt']).to(self.device)
+        self.cri_dis = self.build_train_loss('distill_opt')
 
     def build_frozen_network(self, name):
         """The aggregator's options are compared with those it was trained with before it is built and loaded (a

@@ -1,13 +1,10 @@
 """SKD: Soft Knowledge Distillation with Multi-dimensional Cross-net Attention (skd.txt), as a model."""
 import torch
-from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
 from .kd_eval_model import PIXEL_RANGE_KEY, check_pixel_range, to_pixel_range, to_unit_range
 from .kd_token_maps import tokens_to_maps
-
-LOSS_OPTIONS = ('pixel_opt', 'perceptual_opt', 'feature_opt', 'contrastive_opt')
 
 
 @MODEL_REGISTRY.register()
@@ -64,7 +61,8 @@ class KDSKDModel(KDBaseModel):
 
     helper_networks = ('proj', )
     single_teacher = True
-    option_keys = {'train': {'feature_opt': 'loss', 'contrastive_opt': 'loss', 'pixel_range': None}}
+    option_keys = {'train': {'feature_opt': ('KDGaussianKernelLoss', ), 'contrastive_opt': ('KDImageContrastiveLoss', ),
+                             'pixel_range': None}}
 
     def __init__(self, opt):
         if not opt['is_train']:
@@ -75,9 +73,9 @@ class KDSKDModel(KDBaseModel):
 
     def init_training_settings(self):
         train_opt = self.opt['train']
-        unknown = [key for key in train_opt if key.endswith('_opt') and key not in LOSS_OPTIONS]
+        unknown = [key for key in train_opt if key.endswith('_opt') and key not in self.loss_kinds()]
         if unknown:
-            raise ValueError(f'KDSKDModel does not read train.{unknown[0]}; its losses are {list(LOSS_OPTIONS)}')
+            raise ValueError(f'KDSKDModel does not read train.{unknown[0]}; its losses are {list(self.loss_kinds())}')
         self.pixel_range = check_pixel_range(train_opt.get('pixel_range', '[0,1]'), 'train.pixel_range')
         if not train_opt.get('feature_opt'):
             raise ValueError('KDSKDModel needs train.feature_opt (KDGaussianKernelLoss, L_GK of Eq. 3)')
@@ -100,8 +98,8 @@ class KDSKDModel(KDBaseModel):
                                  f'train.feature_taps has {len(paths)}: one channel count per tapped block')
         self.frozen_networks = ('vgg', ) if with_cl else ()  # the base then requires and loads network_vgg
         super().init_training_settings()
-        self.cri_feat = build_loss(train_opt['feature_opt']).to(self.device)
-        self.cri_contrastive = build_loss(train_opt['contrastive_opt']).to(self.device) if with_cl else None
+        self.cri_feat = self.build_train_loss('feature_opt')
+        self.cri_contrastive = self.build_train_loss('contrastive_opt')
         self._checked_taps = False
 
     # ------------------------------------------------------------------------------------------- pixel range

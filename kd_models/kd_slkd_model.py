@@ -1,7 +1,6 @@
 """SLKD: a student taught by teacher A on the degraded image and teacher B on the clean image (slkd.txt, Eq. 6)."""
 from collections import OrderedDict
 
-from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
@@ -10,7 +9,6 @@ from .kd_token_maps import tokens_to_maps
 # (loss option, Scale Conversion Module, teacher, what it sees) of the two feature-level strategies
 STRATEGIES = (('naturalness_opt', 'scm_e', 't1', 'encoder'), ('edge_texture_opt', 'scm_d', 't2', 'decoder'))
 SLKD_TRAIN_KEYS = ('kl_opt', 'naturalness_opt', 'edge_texture_opt')
-KNOWN_LOSS_KEYS = ('pixel_opt', 'perceptual_opt', *SLKD_TRAIN_KEYS)
 
 
 @MODEL_REGISTRY.register()
@@ -56,7 +54,8 @@ class KDSLKDModel(KDBaseModel):
     """
 
     helper_networks = ('scm_e', 'scm_d')
-    option_keys = {'train': {'naturalness_opt': 'loss', 'edge_texture_opt': 'loss', 'kl_opt': 'loss'}}
+    option_keys = {'train': {'naturalness_opt': ('KDNaturalnessLoss', ), 'edge_texture_opt': ('KDEdgeTextureLoss', ),
+                             'kl_opt': ('KDImageKLLoss', )}}
 
     def init_training_settings(self):
         if sorted(self.teacher_names()) != ['t1', 't2']:
@@ -65,8 +64,8 @@ class KDSLKDModel(KDBaseModel):
         self.check_strategies()
         super().init_training_settings()
         train_opt = self.opt['train']
-        self.cri_kl = build_loss(train_opt['kl_opt']).to(self.device) if train_opt.get('kl_opt') else None
-        self.cri_levels = OrderedDict((loss_key, build_loss(train_opt[loss_key]).to(self.device))
+        self.cri_kl = self.build_train_loss('kl_opt')
+        self.cri_levels = OrderedDict((loss_key, self.build_train_loss(loss_key))
                                       for loss_key, *_ in STRATEGIES if train_opt.get(loss_key))
         self.check_taps()
 
@@ -74,10 +73,10 @@ class KDSLKDModel(KDBaseModel):
         """Each feature-level loss comes with its SCM and its teacher's taps, and neither comes without the loss (an
         SCM no loss uses would take no gradient, which DDP refuses)."""
         train_opt = self.opt['train']
-        unknown = [key for key in train_opt if key.endswith('_opt') and key not in KNOWN_LOSS_KEYS]
+        unknown = [key for key in train_opt if key.endswith('_opt') and key not in self.loss_kinds()]
         if unknown:
             raise ValueError(f'KDSLKDModel does not read train.{unknown}; its losses are ' +
-                             ', '.join(f'train.{key}' for key in KNOWN_LOSS_KEYS))
+                             ', '.join(f'train.{key}' for key in self.loss_kinds()))
         taps = train_opt.get('feature_taps') or {}
         for loss_key, scm, teacher, levels in STRATEGIES:
             has_loss, has_scm = bool(train_opt.get(loss_key)), f'network_{scm}' in self.opt

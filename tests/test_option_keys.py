@@ -1,6 +1,7 @@
 """A misspelt option key stops the run before step 1 with its path and the closest known keys (basicsr_kd/
 option_keys.py): every option file passes, a misspelling injected at any level fails, BasicSR's own option files pass
-unchanged, and each model reads only keys it declares."""
+unchanged, and each model reads only keys it declares. A number YAML reads as text (``1e-6``) is refused too, naming
+its path; text keys (module and file paths, names) are left alone."""
 import copy
 import glob
 import os
@@ -8,8 +9,10 @@ import os
 import pytest
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from basicsr_kd.option_keys import MARKERS, UnknownOptionKey, check_option_keys, matching, option_spec, unknown_keys
+from basicsr_kd.option_keys import (MARKERS, UnknownOptionKey, check_number_strings, check_option_keys, matching,
+                                    number_strings, option_spec, unknown_keys)
 from basicsr_kd.parsed_options import parsed_options
+from basicsr_kd.preflight import check_option_file
 from conftest import OPTIONS, ROOT, load_option, random_batch, run_train, shrink_option
 
 ALL_OPTIONS = sorted(glob.glob(os.path.join(OPTIONS, '**', '*.yml'), recursive=True))
@@ -97,6 +100,58 @@ def test_train_py_stops_before_building_anything(logits_opt, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and 'train.feature_tapz (did you mean feature_taps?)' in output
     assert 'Model [' not in output  # nothing was built
+
+
+# ------------------------------------------------------------------------------------------ numbers written as text
+@pytest.mark.parametrize('path', ALL_OPTIONS + BASICSR_OPTIONS, ids=option_id)
+def test_option_file_writes_its_numbers_as_numbers(path):
+    check_number_strings(load_option(path), path)
+
+
+NUMBER_TEXTS = [  # (option file, line as shipped, the line with a number YAML reads as text, words of the error)
+    ('skd_restormer_derain.yml', 'temperature: 0.1', 'temperature: 1e-6',
+     "train.contrastive_opt.temperature = '1e-6' is a string: YAML reads 1e-6 without a dot as text; write 1.0e-6 "
+     'or !!float 1e-6'),
+    ('logits_edsr_x2.yml', 'lr: !!float 1e-4', 'lr: 1e-4', "train.optim_g.lr = '1e-4' is a string"),
+    ('logits_edsr_x2.yml', 'milestones: [100000, 200000]', 'milestones: [1e5, 200000]',
+     "train.scheduler.milestones[0] = '1e5' is a string: YAML reads 1e5 without a dot and a sign in the exponent as "
+     'text; write 1.0e+5 or !!float 1e5'),
+    ('logits_edsr_x2.yml', 'kd_opt: {type: L1Loss, loss_weight: 1.0', 'kd_opt: {type: L1Loss, loss_weight: 5e-1',
+     "train.kd_opt.loss_weight = '5e-1' is a string"),
+    ('logits_edsr_x2.yml', 'res_scale: 0.1', 'res_scale: 1E-1', "network_t.res_scale = '1E-1' is a string"),
+    ('logits_edsr_x2.yml', 'total_iter: 250000', 'total_iter: 2.5e5',
+     "train.total_iter = '2.5e5' is a string: YAML reads 2.5e5 without a sign in the exponent as text; write "
+     '2.5e+5'),
+    ('logits_edsr_x2.yml', 'ema_decay: 0.999', "ema_decay: '0.999'",
+     "train.ema_decay = '0.999' is a string: write it without quotes"),
+    ('logits_edsr_x2.yml', 'val_freq: !!float 5e3', 'val_freq: 5e3', "val.val_freq = '5e3' is a string"),
+    ('logits_edsr_x2.yml', 'save_checkpoint_freq: !!float 5e3', 'save_checkpoint_freq: +5E3',
+     "logger.save_checkpoint_freq = '+5E3' is a string"),
+]
+
+
+@pytest.mark.parametrize('name, shipped, written, words', NUMBER_TEXTS, ids=[case[2] for case in NUMBER_TEXTS])
+def test_preflight_refuses_a_number_yaml_reads_as_text_naming_its_path(tmp_path, name, shipped, written, words):
+    with open(os.path.join(OPTIONS, name)) as f:
+        text = f.read()
+    assert text.count(shipped) == 1
+    path = tmp_path / name
+    path.write_text(text.replace(shipped, written))
+    with pytest.raises(ValueError) as error:
+        check_option_file(str(path), data=False)  # what train.py runs before BasicSR starts
+    assert error.value.args[0].startswith(f'{path}: ') and words in error.value.args[0]
+
+
+def test_text_that_looks_like_a_number_is_left_alone():
+    """Names, file paths and module paths (a Sequential student's taps are '0', '1.2') may read as numbers."""
+    opt = load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml'))
+    opt['name'], opt['datasets']['train']['name'], opt['datasets']['train']['filename_tmpl'] = '1e5', '001', '2'
+    opt['path']['experiments_root'], opt['val']['suffix'] = '1.5', '1'
+    opt['logger']['wandb'] = {'project': '2', 'resume_id': '3e5'}
+    opt['train'].update(feature_taps={'network_g': ['0', '1.2'], 'network_t': ['0', '1.2']}, teacher_cache='2024')
+    assert number_strings(opt, option_spec(opt)) == []
+    opt['train']['feature_tapz'] = {'network_g': ['0']}  # an unknown key is not known to hold text
+    assert number_strings(opt, option_spec(opt)) == [('train.feature_tapz.network_g[0]', '0')]
 
 
 # ------------------------------------------------------------------------------------------ what models read
