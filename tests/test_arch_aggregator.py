@@ -1,4 +1,5 @@
-"""MTKD's knowledge aggregator: the window DCT, the shifted-window mask, shapes, translation consistency, gradients."""
+"""MTKD's knowledge aggregator: the window DCT, the shifted-window mask, shapes, translation consistency, gradients,
+and the forward against a reference written out from the paper (explicit DCT matrices, window loops, attention)."""
 import numpy as np
 import pytest
 import scipy.fft
@@ -212,3 +213,112 @@ def test_aggregator_without_dct_runs_and_differs_from_the_dct_path_with_the_same
 def test_paper_preset_without_dct_keeps_the_parameter_count():
     net = build_network({'type': 'KDMTKDAggregator', 'scale': 4, 'use_dct': False})
     assert sum(p.numel() for p in net.parameters()) == expected_num_params(3, 4, 24, 4, 2, 8, 6, 2, 64)
+
+
+# ------------------------------------------------------------------------- a reference forward, written out
+def layer_norm(x, norm):
+    """LayerNorm over the last dim, written out (eps 1e-5, PyTorch's default)."""
+    mean = x.mean(-1, keepdim=True)
+    variance = ((x - mean)**2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + 1e-5) * norm.weight + norm.bias
+
+
+def conv3x3(x, conv):
+    return torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+
+
+def unshuffle(x, s):
+    """Pixel unshuffle by indexing: output channel c·s² + i·s + j holds x[c, i::s, j::s]."""
+    return torch.stack([x[:, c, i::s, j::s] for c in range(x.shape[1]) for i in range(s) for j in range(s)], 1)
+
+
+def shuffle(x, s):
+    """Pixel shuffle by indexing: out[c, y·s + i, x·s + j] = x[c·s² + i·s + j, y, x]."""
+    b, channels, h, w = x.shape
+    out = x.new_zeros(b, channels // s**2, h * s, w * s)
+    for c in range(channels // s**2):
+        for i in range(s):
+            for j in range(s):
+                out[:, c, i::s, j::s] = x[:, c * s * s + i * s + j]
+    return out
+
+
+def window_attention(tokens, attn, window_size, mask):
+    """Multi-head self-attention of one window's tokens (b, n, c), with Swin's relative position bias
+    B[h, p, q] = table[(r_p − r_q + ws − 1)(2ws − 1) + c_p − c_q + ws − 1, h] of the row-major positions p, q."""
+    b, n, c = tokens.shape
+    heads = attn.num_heads
+    dim = c // heads
+    qkv = tokens @ attn.qkv.weight.t() + attn.qkv.bias
+    positions = [(p // window_size, p % window_size) for p in range(n)]
+    index = torch.tensor([[(rp - rq + window_size - 1) * (2 * window_size - 1) + cp - cq + window_size - 1
+                           for rq, cq in positions] for rp, cp in positions])
+    outputs = []
+    for h in range(heads):
+        q, k, v = (qkv[..., part * c + h * dim:part * c + (h + 1) * dim] for part in range(3))
+        logits = q @ k.transpose(1, 2) / dim**0.5 + attn.relative_position_bias_table[index, h]
+        if mask is not None:
+            logits = logits + mask
+        outputs.append(torch.softmax(logits, -1) @ v)
+    return torch.cat(outputs, -1) @ attn.proj.weight.t() + attn.proj.bias
+
+
+def dct_layer(x, layer, size, d, d_inv, mask):
+    """One DCTSwin layer on (b, h·w, c) tokens: LayerNorm; roll by −shift; for each window (explicit loops) the 2-D
+    DCT D X Dᵀ per channel, window attention on the coefficient tokens, the inverse D⁻¹ Y D⁻ᵀ; roll back; residual;
+    LayerNorm, MLP (GELU), residual."""
+    (h, w), (b, _, c), ws, shift = size, x.shape, layer.window_size, layer.shift_size
+    y = layer_norm(x, layer.norm1).view(b, h, w, c)
+    if shift:
+        y = torch.roll(y, (-shift, -shift), dims=(1, 2))
+    out = torch.zeros_like(y)
+    for index, (top, left) in enumerate((top, left) for top in range(0, h, ws) for left in range(0, w, ws)):
+        window = y[:, top:top + ws, left:left + ws]  # (b, ws, ws, c)
+        coefficients = torch.einsum('kr,lc,brcd->bkld', d, d, window).reshape(b, ws * ws, c)
+        attended = window_attention(coefficients, layer.attn, ws, mask[index] if shift else None).view(b, ws, ws, c)
+        out[:, top:top + ws, left:left + ws] = torch.einsum('rk,cl,bkld->brcd', d_inv, d_inv, attended)
+    if shift:
+        out = torch.roll(out, (shift, shift), dims=(1, 2))
+    x = x + out.reshape(b, h * w, c)
+    hidden = torch.nn.functional.gelu(layer_norm(x, layer.norm2) @ layer.mlp.fc1.weight.t() + layer.mlp.fc1.bias)
+    return x + hidden @ layer.mlp.fc2.weight.t() + layer.mlp.fc2.bias
+
+
+def reference_forward(net, x, norm):
+    """mtkd.txt Sec. 3.1 from the module's weights: PixelUnshuffle(s) and a 3x3 conv give F_s; LayerNorm, B DCTSwin
+    blocks (L layers, a 3x3 conv, a residual), LayerNorm and a 3x3 conv give F_d; F_s + F_d goes through the
+    sub-pixel upsampler (conv + LeakyReLU, conv + PixelShuffle stages, conv to RGB). ``x``: a size that needs no
+    padding (a multiple of window_size · scale)."""
+    s, ws = net.scale, net.window_size
+    d = torch.from_numpy(scipy.fft.dct(np.eye(ws), type=2, norm=norm, axis=0))  # D @ v = DCT-II(v)
+    d_inv = torch.from_numpy(scipy.fft.idct(np.eye(ws), type=2, norm=norm, axis=0))
+    shallow = conv3x3(unshuffle(x, s), net.conv_first)  # F_s
+    b, c, h, w = shallow.shape
+    mask = independent_mask(h, w, ws, ws // 2).double()
+    tokens = layer_norm(shallow.flatten(2).transpose(1, 2), net.patch_embed['norm'])
+    for block in net.layers:
+        y = tokens
+        for layer in block.residual_group['blocks']:
+            y = dct_layer(y, layer, (h, w), d, d_inv, mask)
+        tokens = conv3x3(y.transpose(1, 2).reshape(b, c, h, w), block.conv).flatten(2).transpose(1, 2) + tokens
+    deep = conv3x3(layer_norm(tokens, net.norm).transpose(1, 2).reshape(b, c, h, w), net.conv_after_body)  # F_d
+    y = torch.nn.functional.leaky_relu(conv3x3(shallow + deep, net.conv_before_upsample[0]), 0.01)
+    factor = 3 if s == 3 else 2
+    for conv in [m for m in net.upsample if isinstance(m, nn.Conv2d)]:
+        y = shuffle(conv3x3(y, conv), factor)
+    return conv3x3(y, net.conv_last)
+
+
+@pytest.mark.parametrize('scale', [2, 3])
+@pytest.mark.parametrize('norm', NORMS)
+def test_forward_equals_a_reference_written_from_the_paper(scale, norm):
+    net = tiny(scale=scale, dct_norm=norm).double()
+    assert net.shift_size == 2 and len(net.layers) == 2  # two blocks, the second layer of each shifted
+    ws = TINY['window_size']
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 6, 2 * ws * scale, 3 * ws * scale, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        expected = reference_forward(net, x, norm)
+        # 1e-9 apart: the module keeps its DCT matrices in float32 (its buffers), rounded before .double()
+        assert torch.allclose(net(x), expected, rtol=0, atol=1e-7)
+        assert expected.abs().max() > 0.1
