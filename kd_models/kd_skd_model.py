@@ -39,7 +39,8 @@ class KDSKDModel(KDBaseModel):
       [0, 1] for validation. The teacher runs on [0, 1] and its output is used in [0, 1] (VGG positive). Such a
       student expects [−1, 1] inputs: evaluate it through this model (validation), not through plain SRModel.
 
-    Overrides: ``init_training_settings`` (option checks and the two losses), ``feed_data``, ``teacher_views``,
+    Overrides: ``init_training_settings`` (option checks and the two losses), ``check_tapped_features`` (the
+    matched blocks' sizes and channels on the probe forward, before the first step), ``feed_data``, ``teacher_views``,
     ``pixel_target``, ``compute_losses`` (adds ``l_gk``, ``l_cl``), ``floor_forwards`` (teacher, VGG on the student's
     output, VGG on positive + negatives), ``test``.
 
@@ -91,7 +92,6 @@ class KDSKDModel(KDBaseModel):
         super().init_training_settings()
         self.cri_feat = build_loss(train_opt['feature_opt']).to(self.device)
         self.cri_contrastive = build_loss(train_opt['contrastive_opt']).to(self.device) if with_cl else None
-        self._checked_taps = False
 
     # ------------------------------------------------------------------------------------------- pixel range
     def feed_data(self, data):
@@ -116,15 +116,13 @@ class KDSKDModel(KDBaseModel):
 
     # ------------------------------------------------------------------------------------------- losses
     def projected_features(self):
-        """S_f, T_f of every matched block (after the shape checks of the first step)."""
-        student = tokens_to_maps(self.taps['g'].outputs())
-        teacher = tokens_to_maps(self.taps['t'].outputs())
-        if not self._checked_taps:
-            self.check_taps(student, teacher)
-        return self.helpers['proj'](student, teacher)
+        """S_f, T_f of every matched block."""
+        return self.helpers['proj'](tokens_to_maps(self.taps['g'].outputs()), tokens_to_maps(self.taps['t'].outputs()))
 
-    def check_taps(self, student, teacher):
-        """Paired blocks must have the same resolution and the channels ``network_proj`` was built for."""
+    def check_tapped_features(self, features):
+        """On the probe forward: paired blocks must have the same resolution and the channels ``network_proj`` was
+        built for."""
+        student, teacher = tokens_to_maps(features['g']), tokens_to_maps(features['t'])
         proj_opt, taps = self.opt['network_proj'], self.opt['train']['feature_taps']
         for index, (s, t) in enumerate(zip(student, teacher)):
             where = f'train.feature_taps: network_g {taps["network_g"][index]} and network_t {taps["network_t"][index]}'
@@ -135,7 +133,6 @@ class KDSKDModel(KDBaseModel):
                 if proj_opt[side][index] != feature.shape[1]:
                     raise ValueError(f'network_proj.{side}[{index}] = {proj_opt[side][index]} but {where} give '
                                      f'{feature.shape[1]} channels there')
-        self._checked_taps = True
 
     def contrastive_loss(self):
         """L_CL (Eq. 4): VGG on the student's output with gradient to it; positive and negatives in one call."""
