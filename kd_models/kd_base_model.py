@@ -138,7 +138,8 @@ class KDBaseModel(SRModel):
       and restored on resume. Any other ``network_*`` key is refused before the first step.
     - ``train.teacher_inputs``: ``{t1: lq, t2: gt}``: what each teacher is fed (default: the LQ input).
     - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
-      after each forward (``self.taps[<name>]``).
+      after each forward (``self.taps[<name>]``), each list in execution order (checked by ``probe_taps`` for the
+      student and the teachers).
     - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only).
     - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default);
       ``train.perceptual_opt`` (optional): BasicSR's PerceptualLoss to the same target.

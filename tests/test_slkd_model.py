@@ -202,19 +202,25 @@ def test_wrong_configurations_fail_before_the_first_step_naming_the_key(opt, tmp
     model.optimize_parameters(1)
 
 
+def teacher_a_a_level_deeper(opt):
+    """Teacher A's levels 2, 3 and its latent, with an SCM of their channels: only the resolutions differ."""
+    opt['train']['feature_taps']['network_t1'] = ['encoder_level2', 'encoder_level3', 'latent']
+    opt['network_scm_e']['teacher_channels'] = [32, 64, 128]
+
+
 @pytest.mark.parametrize('change, match', [
-    (lambda taps: taps.update(network_t1=['encoder_level2', 'encoder_level3', 'latent']),
+    (teacher_a_a_level_deeper,
      r'train.feature_taps: network_g.encoder_level1 gives \(16, 16\) maps but network_t1.encoder_level2 \(8, 8\)'),
-    (lambda taps: taps.update(network_g=ENCODER + DECODER[::-1]),
+    (lambda opt: opt['train']['feature_taps'].update(network_g=ENCODER + DECODER[::-1]),
      r"train.feature_taps.network_g = \[.*'decoder_level1', 'decoder_level2', 'decoder_level3'\]: list each module "
      r"once, in the order it runs .*'decoder_level3', 'decoder_level2', 'decoder_level1'\]"),
-    (lambda taps: taps.update(network_t2=DECODER[::-1]),
+    (lambda opt: opt['train']['feature_taps'].update(network_t2=DECODER[::-1]),
      r"train.feature_taps.network_t2 = \['decoder_level1', .*in the order it runs .*\['decoder_level3', "),
 ], ids=['teacher A a level deeper', 'student decoder levels reversed', 'teacher B decoder levels reversed'])
 def test_levels_of_two_resolutions_or_out_of_order_are_refused_before_the_first_step(opt, tmp_path, change, match):
     """Level k of the student pairs with level k of the teacher (one downsampling factor): a pair of other sizes
     would be resized silently by a lenient SCM, and swapped taps pair the wrong levels."""
-    change(opt['train']['feature_taps'])
+    change(opt)
     with pytest.raises(ValueError, match=match):
         build_model_from(opt, str(tmp_path / 'exp'))
 
