@@ -218,7 +218,7 @@ class DRSformer(TransformerUNet):
 
     def forward(self, inp_img):
         h, w = inp_img.shape[-2:]
-        inp_img = pad_to_multiple(inp_img, 8)
+        inp_img = pad_to_multiple(inp_img, self.multiple)
         x = self.encode_decode(self.encoder_level0(self.patch_embed(inp_img)))
         x = self.output(self.refinement(x)) + inp_img
         return x[:, :, :h, :w]

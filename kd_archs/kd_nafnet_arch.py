@@ -97,11 +97,11 @@ class NAFNet(nn.Module):
         self.middle_blks = middle_blks
         self.ups = nn.ModuleList(ups)
         self.downs = nn.ModuleList(downs)
-        self.padder_size = 2**len(self.encoders)
+        self.multiple = 2**len(self.encoders)  # the input's sides are padded to multiples of this
 
     def forward(self, inp):
         h, w = inp.shape[-2:]
-        inp = F.pad(inp, (0, -w % self.padder_size, 0, -h % self.padder_size))
+        inp = F.pad(inp, (0, -w % self.multiple, 0, -h % self.multiple))
         x = self.intro(inp)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
@@ -166,7 +166,7 @@ class NAFNetLocal(NAFNet):
         super().__init__(*args, **kwargs)
         train_h, train_w = train_size[-2:]
         base_h, base_w = int(train_h * 1.5), int(train_w * 1.5)
-        padded_h, padded_w = train_h + -train_h % self.padder_size, train_w + -train_w % self.padder_size
+        padded_h, padded_w = train_h + -train_h % self.multiple, train_w + -train_w % self.multiple
         depth = len(self.encoders)
         stages = [(level, stage) for level, stage in enumerate(self.encoders)] + [(depth, self.middle_blks)]
         stages += [(depth - 1 - i, stage) for i, stage in enumerate(self.decoders)]

@@ -186,6 +186,8 @@ class TransformerUNet(nn.Module):
     runs them on the embedded image. Level 1 of the decoder keeps 2 * dim channels (no reduction after its concat).
     """
 
+    multiple = 8  # the input's sides are padded to multiples of this (three halvings)
+
     def build_levels(self, dim, num_blocks, heads, **block_kwargs):
         """Add the levels. ``num_blocks``/``heads``: of levels 1-4 (levels 1-3: encoder and decoder each; level 4:
         the latent); ``block_kwargs``: ffn_expansion_factor, bias, LayerNorm_type[, attention, feed_forward]."""
@@ -272,7 +274,7 @@ class Restormer(TransformerUNet):
 
     def forward(self, inp_img):
         h, w = inp_img.shape[-2:]
-        inp_img = pad_to_multiple(inp_img, 8)
+        inp_img = pad_to_multiple(inp_img, self.multiple)
         inp_enc_level1 = self.patch_embed(inp_img)
         x = self.refinement(self.encode_decode(inp_enc_level1))
         if self.dual_pixel_task:

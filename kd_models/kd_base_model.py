@@ -3,6 +3,7 @@ the hooks a method needs (per-teacher inputs, extra training state, a step hook,
 import difflib
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ TEACHER_INPUTS = ('lq', 'gt')
 # Any pixel-style loss: a per-pixel distance between two images (the student's output and its target). A loss key
 # that takes any of them declares PIXEL_LOSSES (not WeightedTVLoss, a smoothness term of one image).
 PIXEL_LOSSES = ('L1Loss', 'MSELoss', 'CharbonnierLoss')
+PROBE_SIDE = 16  # the probe image's side is a multiple of this (2 x 2 maps after three halvings)
 
 
 def option_teacher_names(opt):
@@ -76,6 +78,8 @@ class FeatureTaps():
 
     A tapped module called several times in one forward keeps its last output. The kept tensors are copies (the
     network may change its output in place later: EDSR and RCAN add the head to ``conv_after_body``'s output).
+    ``paths`` must list the modules in the order their outputs are produced in the forward pass, input side first
+    (``check_order``): every method pairs or weighs the taps by their index.
 
     Args:
         net (nn.Module): The bare network (not its DDP wrapper; hooks on it also fire under DDP).
@@ -90,12 +94,14 @@ class FeatureTaps():
                 closest = difflib.get_close_matches(path, [name for name in modules if name], n=5, cutoff=0.5)
                 raise KeyError(f'{option}: {type(net).__name__} has no module "{path}"; closest: {closest}')
         self.paths = list(paths)
+        self.option = option
         self.features = {}
         self._handles = [modules[path].register_forward_hook(self._keeper(path)) for path in self.paths]
 
     def _keeper(self, path):
 
         def keep(module, inputs, output):
+            self.features.pop(path, None)  # re-inserted: the dict's order is the order the kept outputs were made
             self.features[path] = output.clone() if torch.is_tensor(output) else output
 
         return keep
@@ -113,6 +119,14 @@ class FeatureTaps():
     def to_float(self):
         """Cast the kept outputs to float32 (after a forward under autocast)."""
         self.features = {path: feature.float() for path, feature in self.features.items()}
+
+    def check_order(self):
+        """After one forward from empty taps: ``paths`` lists each module once, in the order their kept outputs were
+        produced (the order the forward hooks fired; a module that did not run is missing from it)."""
+        ran = list(self.features)
+        if self.paths != ran:
+            raise ValueError(f'{self.option} = {self.paths}: list each module once, in the order it runs in the '
+                             f'forward pass, input side first (the taps are paired and weighed by index): {ran}')
 
     def remove(self):
         for handle in self._handles:
@@ -136,7 +150,8 @@ class KDBaseModel(SRModel):
       and restored on resume. Any other ``network_*`` key is refused before the first step.
     - ``train.teacher_inputs``: ``{t1: lq, t2: gt}``: what each teacher is fed (default: the LQ input).
     - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
-      after each forward (``self.taps[<name>]``).
+      after each forward (``self.taps[<name>]``), each list in execution order (checked by ``probe_taps`` for the
+      student and the teachers).
     - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only).
     - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default), any pixel-style
       loss (``PIXEL_LOSSES``: L1Loss, MSELoss, CharbonnierLoss); ``train.perceptual_opt`` (optional): BasicSR's
@@ -155,6 +170,8 @@ class KDBaseModel(SRModel):
       e.g. ``{'train': {'ce_opt': ('KDCodebookCrossEntropyLoss', )}}``; ``PIXEL_LOSSES`` for any pixel-style loss).
       A loss of another kind is refused first thing in ``init_training_settings`` (``check_loss_kinds``);
       ``build_train_loss(key)`` builds one.
+    - ``check_tapped_features(features)``: the method's checks of its taps (channels, sizes) on the features of one
+      probe forward before the first step (``probe_taps``, which also checks each tap list's order).
 
     - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
       ``self.diagnostics`` are logged beside them but not optimised.
@@ -213,6 +230,7 @@ class KDBaseModel(SRModel):
         self._checked_output_shapes = False
         self.diagnostics = OrderedDict()
         self.init_student_training()
+        self.check_tapped_features(self.probe_taps())
 
     def init_student_training(self):
         """SRModel's training set-up (EMA student, pixel and perceptual losses, optimiser, schedulers), with both
@@ -430,6 +448,42 @@ class KDBaseModel(SRModel):
                                f'{["network_" + n for n in nets]})')
             taps[name] = FeatureTaps(nets[name], paths, f'train.feature_taps.{key}')
         return taps
+
+    def probe_taps(self):
+        """One forward of the student and of each teacher that has taps, on a zero image with the training data's
+        channels, before the first step. Its side is a multiple of ``PROBE_SIDE`` and of what each of these
+        networks needs to run unpadded (its ``multiple``, to which the U-Nets of kd_archs pad their input, else its
+        ``window_size`` option: SwinIR), so each tapped map is the input divided by its level's downsampling factor.
+        Each tap list must be in execution order (``FeatureTaps.check_order``). Nothing trains or changes state (the
+        student runs in eval mode, all without gradient).
+
+        Returns:
+            dict: {name: [its tapped features, float32, batch 1]}, ``{}`` when neither the student nor a teacher
+            has taps.
+        """
+        student = self.get_bare_model(self.net_g)
+        nets = {name: net for name, net in (('g', student), *self.teachers.items()) if name in self.taps}
+        if not nets:
+            return {}
+        side = math.lcm(PROBE_SIDE, *(getattr(net, 'multiple', None) or self.opt[f'network_{name}'].get('window_size')
+                                      or 1 for name, net in nets.items()))
+        channels = 1 if ((self.opt.get('datasets') or {}).get('train') or {}).get('color') == 'y' else 3
+        image = torch.zeros(1, channels, side, side, device=self.device)
+        training = student.training
+        student.eval()  # no normalisation statistics may change
+        features = {}
+        with torch.no_grad():
+            for name, net in nets.items():
+                self.taps[name].features = {}
+                net(image)
+                self.taps[name].check_order()
+                features[name] = self.taps[name].take()
+        student.train(training)
+        return features
+
+    def check_tapped_features(self, features):
+        """Called once before the first step with ``probe_taps()``'s {name: [tapped features]}: a method checks its
+        taps' channels and sizes there (naming the option keys). Default: nothing."""
 
     # ----------------------------------------------------------------------------------------------- training
     def setup_optimizers(self):

@@ -1,5 +1,4 @@
 """FACD (Moon et al., IEEE Access 2023, facd.txt): feature-domain adaptive contrastive distillation, and FCD."""
-import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
@@ -26,8 +25,9 @@ class KDFACDModel(KDBaseModel):
       ranks), so K = 2·(batch_size_per_gpu − 1). A batch of one sample has none: refused before the first step.
 
     Checked before the first step, naming the option key: one teacher; ``facd`` holds only the two switches; the loss
-    types; the taps, one per point weight; ``network_reg`` normalises its input and maps each tap's student channels
-    to the teacher's (read from one forward of both networks on a small input); the taps' spatial sizes agree;
+    types; the taps, one per point weight, each list in execution order (input side first: w_j is the weight of
+    the j-th point from the input); ``network_reg`` normalises its input and maps each tap's student channels to the
+    teacher's (read from the probe forward of both networks, ``probe_taps``); the taps' spatial sizes agree;
     ``datasets.train.batch_size_per_gpu`` ≥ 2.
 
     Example (FACD, EDSR x4)::
@@ -53,7 +53,6 @@ class KDFACDModel(KDBaseModel):
         for key in ('image_opt', 'feature_opt'):
             if not train_opt.get(key):
                 raise ValueError(f'KDFACDModel needs train.{key} ({self.loss_kinds()[key][0]})')
-        super().init_training_settings()
         switches = train_opt.get('facd') or {}
         unknown = sorted(set(switches) - set(SWITCHES))
         if unknown:
@@ -62,9 +61,10 @@ class KDFACDModel(KDBaseModel):
         for name, value in self.adaptive.items():
             if not isinstance(value, bool):
                 raise ValueError(f'train.facd.{name} = {value!r}: use true or false')
+        self.check_loss_kinds()  # the losses are needed by the base's probe (check_tapped_features reads w_j)
         self.cri_image = self.build_train_loss('image_opt')
         self.cri_feature = self.build_train_loss('feature_opt')
-        self.check_taps_and_regressor()
+        super().init_training_settings()  # its probe forward checks the taps (check_tapped_features)
 
     def check_batch_size(self):
         """Eq. 4's negatives are the other samples of the batch (of each rank's batch under DDP)."""
@@ -74,7 +74,9 @@ class KDFACDModel(KDBaseModel):
                              'negatives are the other samples of each GPU\'s batch (Eq. 4), so a batch of one has '
                              'none. Use at least 2 samples per GPU (the paper: 16 on one GPU).')
 
-    def check_taps_and_regressor(self):
+    def check_tapped_features(self, features):
+        """One tap per point weight, the regressor's channels and the paired maps' sizes, on the probe forward. The
+        probe also refused tap lists out of execution order: w_j belongs to the j-th point from the input side."""
         taps_g, taps_t = self.taps.get('g'), self.taps.get('t')
         points = len(self.cri_feature.point_weights)
         if taps_g is None or taps_t is None or not len(taps_g.paths) == len(taps_t.paths) == points:
@@ -87,9 +89,9 @@ class KDFACDModel(KDBaseModel):
         if not reg_opt.get('normalize_input', False):
             raise ValueError('network_reg.normalize_input must be true: Eq. 3 normalises each sample\'s student '
                              'feature map before DR (the teacher\'s are normalised in the loss)')
-        student, teacher = self.probe_features()
-        for key, net, features in (('in_channels', 'network_g', student), ('out_channels', 'network_t', teacher)):
-            channels = [feature.shape[1] for feature in features]
+        student, teacher = features['g'], features['t']
+        for key, net, maps in (('in_channels', 'network_g', student), ('out_channels', 'network_t', teacher)):
+            channels = [feature.shape[1] for feature in maps]
             if list(reg_opt.get(key) or []) != channels:
                 raise ValueError(f'network_reg.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
                                  f'{self.opt["train"]["feature_taps"][net]} have {channels} channels')
@@ -97,18 +99,6 @@ class KDFACDModel(KDBaseModel):
             if feature_g.shape[2:] != feature_t.shape[2:]:
                 raise ValueError(f'train.feature_taps: network_g.{path_g} gives {tuple(feature_g.shape[2:])} maps but '
                                  f'network_t.{path_t} {tuple(feature_t.shape[2:])}; matching points must share a size')
-
-    def probe_features(self, size=8):
-        """The tapped features of student and teacher for one small zero input, to check the regressor's channels
-        before the first step (a mismatch would otherwise surface as a convolution error inside the step)."""
-        lq = torch.zeros(1, self.opt['network_g'].get('num_in_ch', 3), size, size, device=self.device)
-        student = self.get_bare_model(self.net_g)
-        student.eval()  # no normalisation statistics may change
-        with torch.no_grad():
-            student(lq)
-            self.teachers['t'](lq)
-        student.train()
-        return self.taps['g'].take(), self.taps['t'].take()
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)

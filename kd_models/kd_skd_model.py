@@ -42,6 +42,7 @@ class KDSKDModel(KDBaseModel):
     under test.py it is refused, pointing to KDEvalModel.
 
     Overrides: ``__init__`` (refused for testing), ``init_training_settings`` (option checks and the two losses),
+    ``check_tapped_features`` (the matched blocks' sizes and channels on the probe forward, before the first step),
     ``feed_data``, ``teacher_views``, ``pixel_target``, ``compute_losses`` (adds ``l_gk``, ``l_cl``),
     ``floor_forwards`` (teacher, VGG on the student's output, VGG on positive + negatives), ``test``,
     ``checkpoint_extras`` (the pixel range).
@@ -100,7 +101,6 @@ class KDSKDModel(KDBaseModel):
         super().init_training_settings()
         self.cri_feat = self.build_train_loss('feature_opt')
         self.cri_contrastive = self.build_train_loss('contrastive_opt')
-        self._checked_taps = False
 
     # ------------------------------------------------------------------------------------------- pixel range
     def feed_data(self, data):
@@ -128,15 +128,13 @@ class KDSKDModel(KDBaseModel):
 
     # ------------------------------------------------------------------------------------------- losses
     def projected_features(self):
-        """S_f, T_f of every matched block (after the shape checks of the first step)."""
-        student = tokens_to_maps(self.taps['g'].outputs())
-        teacher = tokens_to_maps(self.taps['t'].outputs())
-        if not self._checked_taps:
-            self.check_taps(student, teacher)
-        return self.helpers['proj'](student, teacher)
+        """S_f, T_f of every matched block."""
+        return self.helpers['proj'](tokens_to_maps(self.taps['g'].outputs()), tokens_to_maps(self.taps['t'].outputs()))
 
-    def check_taps(self, student, teacher):
-        """Paired blocks must have the same resolution and the channels ``network_proj`` was built for."""
+    def check_tapped_features(self, features):
+        """On the probe forward: paired blocks must have the same resolution and the channels ``network_proj`` was
+        built for."""
+        student, teacher = tokens_to_maps(features['g']), tokens_to_maps(features['t'])
         proj_opt, taps = self.opt['network_proj'], self.opt['train']['feature_taps']
         for index, (s, t) in enumerate(zip(student, teacher)):
             where = f'train.feature_taps: network_g {taps["network_g"][index]} and network_t {taps["network_t"][index]}'
@@ -147,7 +145,6 @@ class KDSKDModel(KDBaseModel):
                 if proj_opt[side][index] != feature.shape[1]:
                     raise ValueError(f'network_proj.{side}[{index}] = {proj_opt[side][index]} but {where} give '
                                      f'{feature.shape[1]} channels there')
-        self._checked_taps = True
 
     def contrastive_loss(self):
         """L_CL (Eq. 4): VGG on the student's output with gradient to it; positive and negatives in one call."""

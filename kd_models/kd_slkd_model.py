@@ -1,6 +1,7 @@
 """SLKD: a student taught by teacher A on the degraded image and teacher B on the clean image (slkd.txt, Eq. 6)."""
 from collections import OrderedDict
 
+import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
@@ -32,9 +33,14 @@ class KDSLKDModel(KDBaseModel):
     Each term is optional (Tab. IV's ablations): leave out its option (and, for L_NC / L_ET, its SCM and its taps).
     ``train.feature_taps``: ``network_t1`` lists the encoder levels, ``network_t2`` the decoder levels, and
     ``network_g`` the student's encoder levels (paired in order with ``network_t1``'s) followed by its decoder levels
-    (paired with ``network_t2``'s). Token outputs (B, H*W, C) (Uformer) become square NCHW maps
+    (paired with ``network_t2``'s), each list in execution order. Eq. 2-3 pair the k-th level of the student with the
+    k-th level of the teacher: the two must have one resolution, the input downsampled by the same factor (the SCM
+    maps channels, not sizes). Checked before the first step on a probe forward of all three networks (one square
+    image whose side each network takes unpadded): a pair of other sizes (e.g. decoder taps listed deepest-last
+    for the student but deepest-first for teacher B) is refused, naming the taps and their sizes; so is an SCM whose
+    channels do not fit. Token outputs (B, H*W, C) (Uformer) become square NCHW maps
     (:func:`kd_models.kd_token_maps.tokens_to_map`). Overrides ``init_training_settings`` (checks),
-    ``pixel_target`` and ``compute_losses``.
+    ``check_tapped_features``, ``pixel_target`` and ``compute_losses``.
 
     Example (Restormer, deraining; options/slkd_restormer_derain.yml)::
 
@@ -62,12 +68,12 @@ class KDSLKDModel(KDBaseModel):
             raise ValueError(f'KDSLKDModel needs two teachers, network_t1 (teacher A) and network_t2 (teacher B); '
                              f'got {["network_" + name for name in self.teacher_names()]}')
         self.check_strategies()
-        super().init_training_settings()
+        self.check_tap_counts()
+        super().init_training_settings()  # its probe forward checks the paired levels (check_tapped_features)
         train_opt = self.opt['train']
         self.cri_kl = self.build_train_loss('kl_opt')
         self.cri_levels = OrderedDict((loss_key, self.build_train_loss(loss_key))
                                       for loss_key, *_ in STRATEGIES if train_opt.get(loss_key))
-        self.check_taps()
 
     def check_strategies(self):
         """Each feature-level loss comes with its SCM and its teacher's taps, and neither comes without the loss (an
@@ -91,10 +97,11 @@ class KDSLKDModel(KDBaseModel):
             raise ValueError('KDSLKDModel: set at least one of train.pixel_opt, ' +
                              ', '.join(f'train.{key}' for key in SLKD_TRAIN_KEYS))
 
-    def check_taps(self):
+    def check_tap_counts(self):
         """The student taps its encoder levels then its decoder levels, as many as teacher A and B tap."""
-        expected = sum(len(self.taps[teacher].paths) for _, _, teacher, _ in STRATEGIES if teacher in self.taps)
-        student = len(self.taps['g'].paths) if 'g' in self.taps else 0
+        taps = self.opt['train'].get('feature_taps') or {}
+        expected = sum(len(taps.get(f'network_{teacher}') or []) for _, _, teacher, _ in STRATEGIES)
+        student = len(taps.get('network_g') or [])
         if student != expected:
             raise ValueError(f'train.feature_taps.network_g has {student} paths, but network_t1 and network_t2 tap '
                              f'{expected} levels together: list the student\'s encoder levels (paired with '
@@ -104,30 +111,52 @@ class KDSLKDModel(KDBaseModel):
         """Eq. 5: L_pixel is to teacher B's restoration TB_r."""
         return self.teacher_outputs['t2']
 
-    def level_features(self):
-        """{teacher name: (the student's levels, that teacher's levels)}, as NCHW maps, in the configured order."""
-        student = tokens_to_maps(self.taps['g'].outputs())
+    @staticmethod
+    def paired_levels(levels):
+        """{teacher name: (the student's levels paired with that teacher's, the teacher's levels)} from {name: list
+        of levels} (features or tap paths): the student lists the encoder levels (``t1``'s), then the decoder
+        levels (``t2``'s)."""
         pairs, start = {}, 0
         for _, _, teacher, _ in STRATEGIES:
-            if teacher in self.taps:
-                count = len(self.taps[teacher].paths)
-                pairs[teacher] = (student[start:start + count], tokens_to_maps(self.taps[teacher].outputs()))
+            if teacher in levels:
+                count = len(levels[teacher])
+                pairs[teacher] = (levels['g'][start:start + count], levels[teacher])
                 start += count
         return pairs
+
+    def check_tapped_features(self, features):
+        """On the probe forward: each student level has the size of the teacher level it is paired with, and each
+        SCM fits the levels' channels."""
+        paths = self.paired_levels({name: taps.paths for name, taps in self.taps.items()})
+        pairs = self.paired_levels({name: tokens_to_maps(maps) for name, maps in features.items()})
+        for _, scm, teacher, _ in STRATEGIES:
+            if teacher not in pairs:
+                continue
+            for path_g, path_t, level_g, level_t in zip(*paths[teacher], *pairs[teacher]):
+                if level_g.shape[2:] != level_t.shape[2:]:
+                    raise ValueError(
+                        f'train.feature_taps: network_g.{path_g} gives {tuple(level_g.shape[2:])} maps but '
+                        f'network_{teacher}.{path_t} {tuple(level_t.shape[2:])} for one input: pair the student\'s '
+                        'level k with the teacher\'s level k, the input downsampled by the same factor (Eq. 2-3)')
+            with torch.no_grad():
+                self.unified(self.get_bare_model(self.helpers[scm]), scm, *pairs[teacher])
+
+    def unified(self, net, scm, student, teacher):
+        """``net`` (``network_<scm>`` or its bare module) on paired levels; a misfit names the option keys."""
+        try:
+            return net(student, teacher)
+        except ValueError as error:
+            raise ValueError(f'network_{scm} does not fit the tapped levels (train.feature_taps; its '
+                             f'student_channels / teacher_channels must be their channels): {error}') from None
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)  # l_pix: Eq. 5, to pixel_target()
         if self.cri_kl is not None:
             losses['l_kl'] = self.cri_kl(self.output, self.teacher_outputs['t1'])  # Eq. 4
-        pairs = self.level_features()
+        pairs = self.paired_levels({name: tokens_to_maps(taps.outputs()) for name, taps in self.taps.items()})
         for loss_key, scm, teacher, _ in STRATEGIES:
             if loss_key in self.cri_levels:
-                try:
-                    unified_student, unified_teacher = self.helpers[scm](*pairs[teacher])
-                except ValueError as error:
-                    raise ValueError(f'network_{scm} does not fit the tapped levels (train.feature_taps): {error}. '
-                                     f'Set network_{scm}.student_channels / teacher_channels to the channels of '
-                                     'the student\'s and the teacher\'s levels') from None
+                unified_student, unified_teacher = self.unified(self.helpers[scm], scm, *pairs[teacher])
                 name = 'l_nc' if loss_key == 'naturalness_opt' else 'l_et'
                 losses[name] = self.cri_levels[loss_key](unified_student, unified_teacher)  # Eq. 2 / Eq. 3
         return losses

@@ -40,6 +40,10 @@ def patch_larger_than_the_training_images(opt, tmp_path):
     opt['datasets']['train']['gt_size'] = 1000  # the demo's training photographs are about 500 pixels high
 
 
+def taps_out_of_execution_order(opt, tmp_path):
+    opt['train']['feature_taps'] = {'network_t': ['conv_after_body', 'body.0']}
+
+
 CASES = [
     (missing_teacher_file, ['path.pretrain_network_t', 'nowhere.pth', 'no such file']),
     (teacher_of_other_scale, ['network_t.upscale = 4', 'scale = 2']),
@@ -47,6 +51,8 @@ CASES = [
     (empty_lq_folder, ['datasets.train.dataroot_lq', 'holds no images']),
     (gt_image_without_lq_partner, ['datasets.train', 'do not pair', 'extra.png']),
     (patch_larger_than_the_training_images, ['datasets.train.gt_size = 1000', 'GT images are smaller']),
+    (taps_out_of_execution_order, ["train.feature_taps.network_t = ['conv_after_body', 'body.0']",
+                                   "in the order it runs in the forward pass", "['body.0', 'conv_after_body']"]),
 ]
 
 

@@ -138,9 +138,14 @@ def edit(opt, path, value):
     ('train.feature_opt.point_weights', [0.5, 0.5], 'train.feature_taps'),
     ('train.image_opt', {'type': 'L1Loss'}, 'train.image_opt.type = L1Loss'),
     ('train.feature_opt', None, 'needs train.feature_opt'),
+    ('train.feature_taps.network_t', ['conv_after_body', 'body.20', 'body.10'],
+     r"train.feature_taps.network_t = \['conv_after_body', 'body.20', 'body.10'\]: list each module once, in the "
+     r"order it runs in the forward pass, input side first .*: \['body.10', 'body.20', 'conv_after_body'\]"),
+    ('train.feature_taps.network_g', ['body.10', 'body.4', 'conv_after_body'],
+     r"train.feature_taps.network_g = \['body.10', 'body.4', .*: \['body.4', 'body.10', 'conv_after_body'\]"),
 ], ids=['batch of one', 'unknown switch', 'switch not a bool', 'reg in_channels', 'reg out_channels',
         'no normalisation', 'no regressor', 'taps not paired', 'weights not per tap', 'image loss type',
-        'no feature loss'])
+        'no feature loss', 'teacher taps reversed', 'student taps out of order'])
 def test_a_wrong_configuration_fails_before_the_first_step_naming_the_key(demo_root, tmp_path, path, value, words):
     opt = shrunk_feature_opt('facd', demo_root, tmp_path)
     edit(opt, path, copy.deepcopy(value))

@@ -112,3 +112,14 @@ def test_steps_tap_the_configured_modules_and_log_the_method_losses(method, term
         regressor_after = snapshot(model.helpers['reg'])
         changed = [k for k in regressor_before if not torch.equal(regressor_before[k], regressor_after[k])]
         assert sorted(changed) == sorted(regressor_before), 'every regressor weight must train'
+
+
+def test_taps_out_of_execution_order_are_refused_before_the_first_step(demo_root, tmp_path):
+    """The lists pair by index, input side first: EDSR's body blocks all share a shape, so a teacher list in reversed
+    depth order would pair the student's shallowest tap with the teacher's deepest, silently."""
+    opt = shrunk_feature_opt('at', demo_root, tmp_path)
+    opt['train']['feature_taps']['network_t'].reverse()
+    with pytest.raises(ValueError, match=r"train.feature_taps.network_t = \['conv_after_body', 'body.20', 'body.10'\]"
+                       r": list each module once, in the order it runs in the forward pass, input side first .*: "
+                       r"\['body.10', 'body.20', 'conv_after_body'\]"):
+        build_model_from(opt, str(tmp_path / 'exp'))

@@ -179,7 +179,10 @@ def test_tab3_ablations_are_options(tmp_path, channel, spatial):
     (lambda o: o.pop('network_vgg'), ValueError, 'needs network_vgg'),
     (lambda o: o['train']['feature_taps']['network_t'].__setitem__(0, 'encoder_levl1'), KeyError,
      'train.feature_taps.network_t: .* no module "encoder_levl1"'),
-], ids=['taps', 'proj taps', 'no proj', 'no gk', 'unknown loss', 'vgg without cl', 'cl without vgg', 'bad path'])
+    (lambda o: o['train']['feature_taps']['network_t'].reverse(), ValueError,
+     r"train.feature_taps.network_t = \['decoder_level1', .*in the order it runs .*\['encoder_level1', "),
+], ids=['taps', 'proj taps', 'no proj', 'no gk', 'unknown loss', 'vgg without cl', 'cl without vgg', 'bad path',
+        'taps reversed'])
 def test_wrong_configuration_fails_before_the_first_step_naming_the_key(tmp_path, change, error, match):
     opt = skd_opt(tmp_path, '/nonexistent')
     change(opt)
@@ -187,22 +190,17 @@ def test_wrong_configuration_fails_before_the_first_step_naming_the_key(tmp_path
         model_from(opt, tmp_path)
 
 
-def test_mismatched_channels_or_levels_fail_before_any_weight_changes(tmp_path):
+def test_mismatched_channels_or_levels_fail_before_the_first_step(tmp_path):
+    """Checked on the probe forward (a 16 x 16 input), when the model is built."""
     opt = skd_opt(tmp_path, '/nonexistent')
     opt['network_proj']['teacher_channels'][1] += 1
-    model = model_from(opt, tmp_path)
-    before = snapshot(model.net_g)
-    model.feed_data(random_batch(scale=1, size=16))
     with pytest.raises(ValueError, match=r'network_proj.teacher_channels\[1\] = 17 but .*encoder_level2'):
-        model.optimize_parameters(1)
-    assert same_tensors(snapshot(model.net_g), before)
+        model_from(opt, tmp_path)
     opt = skd_opt(tmp_path, '/nonexistent')
-    opt['train']['feature_taps']['network_t'][1] = 'encoder_level1'
-    opt['network_proj']['teacher_channels'][1] = opt['network_proj']['teacher_channels'][0]
-    model = model_from(opt, tmp_path, 'exp2')
-    model.feed_data(random_batch(scale=1, size=16))
-    with pytest.raises(ValueError, match=r'give maps of \(8, 8\) and \(16, 16\): pair blocks of equal resolution'):
-        model.optimize_parameters(1)
+    opt['train']['feature_taps']['network_t'][1] = 'down2_3'  # after encoder_level2: level 3's resolution
+    with pytest.raises(ValueError, match=r'network_g encoder_level2 and network_t down2_3 give maps of \(8, 8\) and '
+                       r'\(4, 4\): pair blocks of equal resolution'):
+        model_from(opt, tmp_path, 'exp2')
 
 
 @pytest.mark.parametrize('teacher_side', ['trainable', 'frozen'])

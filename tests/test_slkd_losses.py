@@ -169,18 +169,16 @@ def build_scm(**kwargs):
 def test_scale_conversion_maps_students_to_the_teacher_space_and_passes_teachers_unchanged():
     scm = build_scm(student_channels=[3, 5], teacher_channels=[6, 4]).double()
     students = [fixed(2, 3, 8, 8, seed=23), fixed(2, 5, 4, 6, seed=24)]
-    teachers = [fixed(2, 6, 8, 8, seed=25), fixed(2, 4, 8, 12, seed=26)]
+    teachers = [fixed(2, 6, 8, 8, seed=25), fixed(2, 4, 4, 6, seed=26)]
     unified_s, unified_t = scm(students, teachers)
-    assert [tuple(u.shape) for u in unified_s] == [(2, 6, 8, 8), (2, 4, 8, 12)]
+    assert [tuple(u.shape) for u in unified_s] == [(2, 6, 8, 8), (2, 4, 4, 6)]
     assert all(u is t for u, t in zip(unified_t, teachers))
-    # level 0 (same size): a 1x1 convolution without bias, written out channel by channel
-    weight = scm.projections[0].weight[:, :, 0, 0]
-    by_hand = torch.stack([sum(weight[o, i] * students[0][:, i] for i in range(3)) for o in range(6)], dim=1)
-    assert torch.allclose(unified_s[0], by_hand, rtol=0, atol=1e-12)
-    # level 1: projected, then resized bilinearly to the teacher's 8 x 12
-    projected = torch.nn.functional.conv2d(students[1], scm.projections[1].weight)
-    resized = torch.nn.functional.interpolate(projected, size=(8, 12), mode='bilinear')
-    assert torch.allclose(unified_s[1], resized, rtol=0, atol=1e-12)
+    # each level: a 1x1 convolution without bias, written out channel by channel
+    for level, channels in ((0, 3), (1, 5)):
+        weight = scm.projections[level].weight[:, :, 0, 0]
+        by_hand = torch.stack([sum(weight[o, i] * students[level][:, i] for i in range(channels))
+                               for o in range(len(weight))], dim=1)
+        assert torch.allclose(unified_s[level], by_hand, rtol=0, atol=1e-12)
     assert [name for name, _ in scm.named_parameters()] == ['projections.0.weight', 'projections.1.weight']
 
 
@@ -192,6 +190,8 @@ def test_scale_conversion_refuses_mismatched_levels_and_channels():
         scm([torch.rand(1, 3, 4, 4)] * 2, [torch.rand(1, 6, 4, 4)])
     with pytest.raises(ValueError, match=r'level 0: expects 3 student and 6 teacher channels.*\(1, 5, 4, 4\)'):
         scm([torch.rand(1, 3, 4, 4)], [torch.rand(1, 5, 4, 4)])
+    with pytest.raises(ValueError, match=r'level 0: student maps \(8, 8\) and teacher maps \(4, 4\) differ in size'):
+        scm([torch.rand(1, 3, 8, 8)], [torch.rand(1, 6, 4, 4)])  # levels of two depths: refused, never resized
 
 
 def test_scale_conversion_alone_cannot_drive_the_losses_to_zero():
@@ -201,7 +201,7 @@ def test_scale_conversion_alone_cannot_drive_the_losses_to_zero():
     reach the SCM's weights, never the teacher's features."""
     torch.manual_seed(0)
     scm = build_scm(student_channels=[4, 6], teacher_channels=[5, 3])
-    students = [fixed(2, 4, 16, 16, seed=27, dtype=torch.float32), fixed(2, 6, 8, 8, seed=28, dtype=torch.float32)]
+    students = [fixed(2, 4, 16, 16, seed=27, dtype=torch.float32), fixed(2, 6, 16, 16, seed=28, dtype=torch.float32)]
     teachers = [textured(2, 5, 16, 16, seed=29).float(), textured(2, 3, 16, 16, seed=30).float().requires_grad_()]
     naturalness, edge_texture = loss('KDNaturalnessLoss'), loss('KDEdgeTextureLoss')
 

@@ -180,14 +180,11 @@ def test_tab_iv_ablation_without_the_naturalness_loss_trains(opt, tmp_path):
 
 def test_wrong_configurations_fail_before_the_first_step_naming_the_key(opt, tmp_path):
 
-    def fails(change, match, step=False):
+    def fails(change, match):
         broken = copy.deepcopy(opt)
         change(broken)
         with pytest.raises((ValueError, KeyError), match=match):
-            model = build_model_from(broken, str(tmp_path / 'exp'))
-            if step:
-                model.feed_data(batch())
-                model.optimize_parameters(1)
+            build_model_from(broken, str(tmp_path / 'exp'))
 
     fails(lambda o: o.pop('network_scm_e'), r'train.naturalness_opt is set: it needs network_scm_e')
     fails(lambda o: o['train'].pop('edge_texture_opt'), r'train.edge_texture_opt is not set: remove network_scm_d')
@@ -198,10 +195,34 @@ def test_wrong_configurations_fail_before_the_first_step_naming_the_key(opt, tmp
     fails(lambda o: (o.pop('network_t2'), o['path'].pop('pretrain_network_t2')), r'network_t1 \(teacher A\) and '
           r'network_t2')
     fails(lambda o: o['network_scm_d'].update(teacher_channels=[64, 32, 16]),
-          r'network_scm_d does not fit the tapped levels', step=True)
+          r'network_scm_d does not fit the tapped levels.*level 2: expects 16 student and 16 teacher channels, '
+          r'got student \(1, 16, 16, 16\) and teacher \(1, 32, 16, 16\)')
     model = build_model_from(copy.deepcopy(opt), str(tmp_path / 'exp'))  # the unbroken options train
     model.feed_data(batch())
     model.optimize_parameters(1)
+
+
+def teacher_a_a_level_deeper(opt):
+    """Teacher A's levels 2, 3 and its latent, with an SCM of their channels: only the resolutions differ."""
+    opt['train']['feature_taps']['network_t1'] = ['encoder_level2', 'encoder_level3', 'latent']
+    opt['network_scm_e']['teacher_channels'] = [32, 64, 128]
+
+
+@pytest.mark.parametrize('change, match', [
+    (teacher_a_a_level_deeper,
+     r'train.feature_taps: network_g.encoder_level1 gives \(16, 16\) maps but network_t1.encoder_level2 \(8, 8\)'),
+    (lambda opt: opt['train']['feature_taps'].update(network_g=ENCODER + DECODER[::-1]),
+     r"train.feature_taps.network_g = \[.*'decoder_level1', 'decoder_level2', 'decoder_level3'\]: list each module "
+     r"once, in the order it runs .*'decoder_level3', 'decoder_level2', 'decoder_level1'\]"),
+    (lambda opt: opt['train']['feature_taps'].update(network_t2=DECODER[::-1]),
+     r"train.feature_taps.network_t2 = \['decoder_level1', .*in the order it runs .*\['decoder_level3', "),
+], ids=['teacher A a level deeper', 'student decoder levels reversed', 'teacher B decoder levels reversed'])
+def test_levels_of_two_resolutions_or_out_of_order_are_refused_before_the_first_step(opt, tmp_path, change, match):
+    """Level k of the student pairs with level k of the teacher (one downsampling factor): a pair of other sizes
+    would be resized silently by a lenient SCM, and swapped taps pair the wrong levels."""
+    change(opt)
+    with pytest.raises(ValueError, match=match):
+        build_model_from(opt, str(tmp_path / 'exp'))
 
 
 # ----------------------------------------------------------------------------------------------- DDP, resume
