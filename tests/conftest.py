@@ -103,6 +103,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         # twice its side (the VQGAN's f16 encoder needs 16 at least), loaded at the largest
         opt['datasets']['train']['gt_size'] = 32 * scale
         opt['train']['progressive_patches'] = [[1, 16 * scale, 1], [max(total_iter, 2), 32 * scale, 2]]
+    if opt['train'].get('history'):  # DCKD's history model: updated at every iteration of the short run
+        opt['train']['history']['update_schedule'] = [[total_iter, 1]]
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
