@@ -17,6 +17,7 @@ from basicsr_kd.compat import patch_basicsr
 from basicsr_kd.parsed_options import parsed_options
 from basicsr_kd.registration import register_plugin
 from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from datasets_prep.make_demo_sr import build_demo_set
 from kd_models.kd_base_model import KDBaseModel
@@ -153,6 +154,15 @@ def restoration_root(demo_root, tmp_path_factory):
             cv2.imwrite(os.path.join(root, split, 'target', name), target)
             cv2.imwrite(os.path.join(root, split, 'input', name), noisy)
     return root
+
+
+@pytest.fixture
+def basicsr_log(caplog):
+    """``caplog`` listening on BasicSR's logger, which does not propagate to the root logger caplog listens to."""
+    logger = get_root_logger()
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 def build_model_from(opt, experiments_root, is_train=True):

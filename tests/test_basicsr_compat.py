@@ -13,7 +13,6 @@ import torch.serialization
 import torchvision.transforms.functional as tv_functional
 from basicsr.models.base_model import BaseModel
 from basicsr.models.lr_scheduler import MultiStepRestartLR
-from basicsr.utils import get_root_logger
 from torch.nn.parallel import DistributedDataParallel
 
 import basicsr_kd
@@ -160,7 +159,7 @@ def test_resume_state_is_the_newest_and_loaded_to_cpu(tmp_path, monkeypatch):
     assert 'pretrain_network_t' not in opt['path']
 
 
-def test_auto_resume_skips_a_truncated_newest_state_with_a_warning(tmp_path, caplog):
+def test_auto_resume_skips_a_truncated_newest_state_with_a_warning(tmp_path, basicsr_log):
     states = tmp_path / 'training_states'
     states.mkdir()
     for iteration in (2, 4, 6):
@@ -170,14 +169,9 @@ def test_auto_resume_skips_a_truncated_newest_state_with_a_warning(tmp_path, cap
         (states / f'{iteration}.state').write_bytes(data[:len(data) // 2])
     opt = {'auto_resume': True, 'network_g': {}, 'path': {'training_states': str(states), 'models': str(tmp_path),
                                                           'resume_state': None}}
-    logger = get_root_logger()  # BasicSR's logger does not propagate to the root logger caplog listens to
-    logger.addHandler(caplog.handler)
-    try:
-        state = basicsr_compat.load_resume_state(opt)
-    finally:
-        logger.removeHandler(caplog.handler)
+    state = basicsr_compat.load_resume_state(opt)
     assert state['iter'] == 2 and opt['path']['resume_state'] == str(states / '2.state')
-    skipped = [record.getMessage() for record in caplog.records if 'does not load' in record.getMessage()]
+    skipped = [record.getMessage() for record in basicsr_log.records if 'does not load' in record.getMessage()]
     assert len(skipped) == 2 and '6.state' in skipped[0] and '4.state' in skipped[1]
 
 
