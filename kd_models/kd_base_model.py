@@ -14,6 +14,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.registry import LOSS_REGISTRY
 
 from .kd_eval_model import pad_to_multiple
 from .kd_progressive_patches import ProgressivePatches
@@ -218,6 +219,18 @@ class KDBaseModel(SRModel):
         self.cri_perceptual = build_loss(perceptual_opt).to(self.device) if perceptual_opt else None
         self.setup_optimizers()
         self.setup_schedulers()
+
+    def build_method_loss(self, key, loss_type):
+        """``train.<key>``, which the method needs, built as a ``loss_type`` (or a subclass): the method relies on its
+        interface beyond ``forward`` (e.g. the statistics it logs)."""
+        loss_opt = self.opt['train'].get(key)
+        if not loss_opt:
+            raise ValueError(f'{self.opt["model_type"]} needs train.{key} ({loss_type})')
+        loss = build_loss(loss_opt).to(self.device)
+        if not isinstance(loss, LOSS_REGISTRY.get(loss_type)):
+            raise ValueError(f'train.{key}.type = {loss_opt["type"]}: {self.opt["model_type"]} needs {loss_type} (or '
+                             'a subclass)')
+        return loss
 
     # ----------------------------------------------------------------------------------------------- networks
     def teacher_names(self):

@@ -1,7 +1,6 @@
 """FACD (Moon et al., IEEE Access 2023, facd.txt): feature-domain adaptive contrastive distillation, and FCD."""
 import torch
-from basicsr.losses import build_loss
-from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import MODEL_REGISTRY
 
 from .kd_base_model import KDBaseModel
 
@@ -71,15 +70,6 @@ class KDFACDModel(KDBaseModel):
             raise ValueError(f'datasets.train.batch_size_per_gpu = {train_set["batch_size_per_gpu"]}: FACD\'s '
                              'negatives are the other samples of each GPU\'s batch (Eq. 4), so a batch of one has '
                              'none. Use at least 2 samples per GPU (the paper: 16 on one GPU).')
-
-    def build_method_loss(self, key, loss_type):
-        loss_opt = self.opt['train'].get(key)
-        if not loss_opt:
-            raise ValueError(f'KDFACDModel needs train.{key} ({loss_type})')
-        loss = build_loss(loss_opt).to(self.device)
-        if not isinstance(loss, LOSS_REGISTRY.get(loss_type)):
-            raise ValueError(f'train.{key}.type = {loss_opt["type"]}: KDFACDModel needs {loss_type} (or a subclass)')
-        return loss
 
     def check_taps_and_regressor(self):
         taps_g, taps_t = self.taps.get('g'), self.taps.get('t')
