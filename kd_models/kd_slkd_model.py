@@ -7,8 +7,9 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from .kd_base_model import KDBaseModel
 from .kd_token_maps import tokens_to_maps
 
-# (loss option, Scale Conversion Module, teacher, what it sees) of the two feature-level strategies
-STRATEGIES = (('naturalness_opt', 'scm_e', 't1', 'encoder'), ('edge_texture_opt', 'scm_d', 't2', 'decoder'))
+# (loss option, Scale Conversion Module, teacher, what it sees, loss class) of the two feature-level strategies
+STRATEGIES = (('naturalness_opt', 'scm_e', 't1', 'encoder', 'KDNaturalnessLoss'),
+              ('edge_texture_opt', 'scm_d', 't2', 'decoder', 'KDEdgeTextureLoss'))
 SLKD_TRAIN_KEYS = ('kl_opt', 'naturalness_opt', 'edge_texture_opt')
 KNOWN_LOSS_KEYS = ('pixel_opt', 'perceptual_opt', *SLKD_TRAIN_KEYS)
 
@@ -29,7 +30,8 @@ class KDSLKDModel(KDBaseModel):
     - L_NC (Eq. 2, DRL): ``train.naturalness_opt`` (KDNaturalnessLoss, α₂) on the encoder levels of the student
       and teacher A, mapped into one space by the trainable ``network_scm_e`` (KDScaleConversion).
     - L_ET (Eq. 3, IRL): ``train.edge_texture_opt`` (KDEdgeTextureLoss, α₂) on the decoder levels of the student and
-      teacher B, mapped by ``network_scm_d``.
+      teacher B, mapped by ``network_scm_d``. Logged beside it, not optimised: ``et_gates_saturated``, the share of
+      the student's soft PIQE criteria within 1e-3 of 0 or 1, which pass hardly any gradient (``KDEdgeTextureLoss``).
 
     Each term is optional (Tab. IV's ablations): leave out its option (and, for L_NC / L_ET, its SCM and its taps).
     ``train.feature_taps``: ``network_t1`` lists the encoder levels, ``network_t2`` the decoder levels, and
@@ -66,8 +68,8 @@ class KDSLKDModel(KDBaseModel):
         super().init_training_settings()
         train_opt = self.opt['train']
         self.cri_kl = build_loss(train_opt['kl_opt']).to(self.device) if train_opt.get('kl_opt') else None
-        self.cri_levels = OrderedDict((loss_key, build_loss(train_opt[loss_key]).to(self.device))
-                                      for loss_key, *_ in STRATEGIES if train_opt.get(loss_key))
+        self.cri_levels = OrderedDict((loss_key, self.build_method_loss(loss_key, loss_type))
+                                      for loss_key, *_, loss_type in STRATEGIES if train_opt.get(loss_key))
         self.check_taps()
 
     def check_strategies(self):
@@ -79,7 +81,7 @@ class KDSLKDModel(KDBaseModel):
             raise ValueError(f'KDSLKDModel does not read train.{unknown}; its losses are ' +
                              ', '.join(f'train.{key}' for key in KNOWN_LOSS_KEYS))
         taps = train_opt.get('feature_taps') or {}
-        for loss_key, scm, teacher, levels in STRATEGIES:
+        for loss_key, scm, teacher, levels, _ in STRATEGIES:
             has_loss, has_scm = bool(train_opt.get(loss_key)), f'network_{scm}' in self.opt
             has_taps = bool(taps.get(f'network_{teacher}'))
             if has_loss and not (has_scm and has_taps):
@@ -94,7 +96,7 @@ class KDSLKDModel(KDBaseModel):
 
     def check_taps(self):
         """The student taps its encoder levels then its decoder levels, as many as teacher A and B tap."""
-        expected = sum(len(self.taps[teacher].paths) for _, _, teacher, _ in STRATEGIES if teacher in self.taps)
+        expected = sum(len(self.taps[teacher].paths) for _, _, teacher, *_ in STRATEGIES if teacher in self.taps)
         student = len(self.taps['g'].paths) if 'g' in self.taps else 0
         if student != expected:
             raise ValueError(f'train.feature_taps.network_g has {student} paths, but network_t1 and network_t2 tap '
@@ -109,7 +111,7 @@ class KDSLKDModel(KDBaseModel):
         """{teacher name: (the student's levels, that teacher's levels)}, as NCHW maps, in the configured order."""
         student = tokens_to_maps(self.taps['g'].outputs())
         pairs, start = {}, 0
-        for _, _, teacher, _ in STRATEGIES:
+        for _, _, teacher, *_ in STRATEGIES:
             if teacher in self.taps:
                 count = len(self.taps[teacher].paths)
                 pairs[teacher] = (student[start:start + count], tokens_to_maps(self.taps[teacher].outputs()))
@@ -121,7 +123,7 @@ class KDSLKDModel(KDBaseModel):
         if self.cri_kl is not None:
             losses['l_kl'] = self.cri_kl(self.output, self.teacher_outputs['t1'])  # Eq. 4
         pairs = self.level_features()
-        for loss_key, scm, teacher, _ in STRATEGIES:
+        for loss_key, scm, teacher, *_ in STRATEGIES:
             if loss_key in self.cri_levels:
                 try:
                     unified_student, unified_teacher = self.helpers[scm](*pairs[teacher])
@@ -131,4 +133,6 @@ class KDSLKDModel(KDBaseModel):
                                      'the student\'s and the teacher\'s levels') from None
                 name = 'l_nc' if loss_key == 'naturalness_opt' else 'l_et'
                 losses[name] = self.cri_levels[loss_key](unified_student, unified_teacher)  # Eq. 2 / Eq. 3
+        if 'edge_texture_opt' in self.cri_levels:  # et_gates_saturated: logged, not optimised
+            self.diagnostics.update(self.cri_levels['edge_texture_opt'].saturation())
         return losses
