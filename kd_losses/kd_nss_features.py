@@ -239,7 +239,8 @@ def piqe_features(x,
                   tau_activity=0.01,
                   tau_edge=0.01,
                   tau_noise=0.05,
-                  eps=1e-10):
+                  eps=1e-10,
+                  return_gates=False):
     """PIQE's block features of every channel of ``x``, with sigmoids instead of thresholds (no rounding).
 
     The map is padded to multiples of ``block_size`` (last row/column replicated), turned into MSCN coefficients
@@ -269,9 +270,12 @@ def piqe_features(x,
         tau_edge (float): Temperature τ_E of the edge-segment sigmoids. Default: 0.01.
         tau_noise (float): Temperature τ_N of the noise sigmoid. Default: 0.05.
         eps (float): Added under square roots (see :func:`mscn`). Default: 1e-10.
+        return_gates (bool): Also return the soft criteria a, d and n themselves, before the products with a.
+            Default: False.
 
     Returns:
-        Tensor: shape (N, C, 4, H_blocks, W_blocks): variance, activity, distortion, noise.
+        Tensor: shape (N, C, 4, H_blocks, W_blocks): variance, activity, distortion, noise. With ``return_gates``,
+        (that, the gates a, d, n as (N, C, 3, H_blocks, W_blocks)).
     """
     x = _as_float(x, 'x')
     if block_size < 4 or block_size % 2:
@@ -300,4 +304,5 @@ def piqe_features(x,
     block_std = _safe_sqrt(variance, eps)
     beta = (block_std - centre_surround).abs() / torch.maximum(block_std, centre_surround)
     noise = torch.sigmoid((block_std - 2 * beta) / tau_noise)
-    return torch.stack([variance, activity, activity * distortion, activity * noise], dim=2)
+    features = torch.stack([variance, activity, activity * distortion, activity * noise], dim=2)
+    return (features, torch.stack([activity, distortion, noise], dim=2)) if return_gates else features

@@ -4,6 +4,7 @@ image-level contrastive loss (Eq. 4).
 SKD has no public code; every choice the paper leaves open is stated where it is made.
 """
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .kd_tap_loss import KDTapLoss
+
+GK_SATURATED = 0.99  # a GK value above this counts as saturated: its gradient is under 1 % of the one at 0
 
 
 def _lambda(feature, temperature):
@@ -149,6 +152,10 @@ class KDGaussianKernelLoss(KDTapLoss):
     - Gradients flow into S_f and T_f (both projectors are trainable); the caller passes teacher features computed
       under no_grad.
 
+    ``saturation()`` reports the GK values of the last forward (every sample of every term and block): their mean
+    (``gk_mean``, relative to GK's maximum 1) and the share above 0.99 (``gk_saturated``), where the gradient has
+    fallen below 1 % of its value at 0 (σ too small for the distances of the features).
+
     Args:
         sigma (float): σ of Eq. 2 (not given in the paper). Default: 1.0.
         alpha (float): α₁ of Eq. 3. Default: 0.5.
@@ -201,9 +208,21 @@ class KDGaussianKernelLoss(KDTapLoss):
         self.spatial_chunk = None if spatial_chunk is None else int(spatial_chunk)
         self.spatial_pool = int(spatial_pool)
 
+    def forward(self, student_features, teacher_features):
+        self.kernel_values = []
+        return super().forward(student_features, teacher_features)
+
     def gk(self, x, y):
-        """GK averaged over the batch."""
-        return gaussian_kernel_distance(x, y, self.sigma, self.squared_distance).mean()
+        """GK averaged over the batch; the values are kept for ``saturation``."""
+        values = gaussian_kernel_distance(x, y, self.sigma, self.squared_distance)
+        self.kernel_values.append(values.detach())
+        return values.mean()
+
+    def saturation(self):
+        """{'gk_mean': the mean GK value of the last forward, 'gk_saturated': the share of them above 0.99}, as
+        tensors, over every sample, term (S_f, S_fc, S_ft) and block."""
+        values = torch.cat(self.kernel_values)
+        return OrderedDict(gk_mean=values.mean(), gk_saturated=(values > GK_SATURATED).float().mean())
 
     def tap_loss(self, student, teacher):
         if student.shape != teacher.shape:

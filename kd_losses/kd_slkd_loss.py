@@ -1,4 +1,6 @@
 """SLKD's KL-style losses (slkd.txt Eq. 2-4): naturalness (BRISQUE), edge/texture (PIQE) and image-level KL."""
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -6,6 +8,8 @@ from basicsr.utils.registry import LOSS_REGISTRY
 
 from .kd_nss_features import brisque_features, piqe_features
 from .kd_tap_loss import KDTapLoss
+
+GATE_SATURATED = 1e-3  # a soft PIQE gate within this of 0 or 1 counts as saturated (its sigmoid's slope < 1e-3 / τ)
 
 
 def to_distribution(values, positive, eps):
@@ -43,13 +47,17 @@ class KDStatisticsKLLoss(KDTapLoss):
     def statistics(self, features):
         raise NotImplementedError
 
-    def distribution(self, features):
-        return to_distribution(self.statistics(features).flatten(2), F.softplus, self.eps)
+    def student_statistics(self, features):
+        """The statistics of the student's features (a subclass may keep what it reports of them)."""
+        return self.statistics(features)
+
+    def distribution(self, statistics):
+        return to_distribution(statistics.flatten(2), F.softplus, self.eps)
 
     def tap_loss(self, student, teacher):
         with torch.no_grad():
-            target = self.distribution(teacher)
-        return kl_term(self.distribution(student), target).mean()
+            target = self.distribution(self.statistics(teacher))
+        return kl_term(self.distribution(self.student_statistics(student)), target).mean()
 
 
 @LOSS_REGISTRY.register()
@@ -105,6 +113,10 @@ class KDEdgeTextureLoss(KDStatisticsKLLoss):
     (not in either paper) are a tenth of the scale of the compared quantity: 0.01 for the 0.1 thresholds on
     variance and segment deviation, 0.05 for the noise criterion σ − 2β, whose terms are of order 0.5.
 
+    ``saturation()`` reports the soft criteria (gates a, d, n of :func:`piqe_features`) of the student's blocks in
+    the last forward: ``et_gates_saturated``, the share of them within 1e-3 of 0 or 1, where a sigmoid g passes
+    g(1 − g) < 1e-3, under 0.4 % of its slope at 1/2: hardly any gradient (PIQE's hard thresholds, in effect).
+
     Args:
         loss_weight (float): α₂ of Eq. 6 (0.1 in the paper). Default: 1.0.
         mscn_c (float): MSCN constant C (PIQE's C = 1 on [0, 255] = 1/255 on [0, 1]). Default: 1/255.
@@ -150,8 +162,23 @@ class KDEdgeTextureLoss(KDStatisticsKLLoss):
             tau_edge=tau_edge,
             tau_noise=tau_noise)
 
+    def forward(self, student_features, teacher_features):
+        self.student_gates = []
+        return super().forward(student_features, teacher_features)
+
     def statistics(self, features):
         return piqe_features(features, **self.piqe_opt)
+
+    def student_statistics(self, features):
+        statistics, gates = piqe_features(features, return_gates=True, **self.piqe_opt)
+        self.student_gates.append(gates.detach().flatten())
+        return statistics
+
+    def saturation(self):
+        """{'et_gates_saturated': the share of the student's gates of the last forward within 1e-3 of 0 or 1}, a
+        tensor, over every gate, block, channel, sample and level."""
+        gates = torch.cat(self.student_gates)
+        return OrderedDict(et_gates_saturated=(torch.minimum(gates, 1 - gates) < GATE_SATURATED).float().mean())
 
 
 @LOSS_REGISTRY.register()

@@ -152,7 +152,8 @@ class KDBaseModel(SRModel):
     - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
       after each forward (``self.taps[<name>]``), each list in execution order (checked by ``probe_taps`` for the
       student and the teachers).
-    - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only).
+    - ``train.teacher_autocast``: ``bf16`` | ``fp16`` | ``~``: run the frozen forwards under autocast (CUDA only;
+      on another device the run says once that it has no effect).
     - ``train.pixel_opt`` (optional): the student's pixel loss to ``pixel_target()`` (GT by default), any pixel-style
       loss (``PIXEL_LOSSES``: L1Loss, MSELoss, CharbonnierLoss); ``train.perceptual_opt`` (optional): BasicSR's
       PerceptualLoss to the same target.
@@ -226,6 +227,9 @@ class KDBaseModel(SRModel):
         autocast = self.opt['train'].get('teacher_autocast')
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f'train.teacher_autocast = {autocast}: use one of {list(AUTOCAST_DTYPES)} or ~')
+        if autocast is not None and self.device.type != 'cuda':
+            get_root_logger().warning(f'train.teacher_autocast = {autocast} has no effect on the device {self.device}: '
+                                      'the frozen forwards run under CUDA autocast only, so here in float32')
         self.teacher_autocast = autocast
         self._checked_output_shapes = False
         self.diagnostics = OrderedDict()

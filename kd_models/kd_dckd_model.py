@@ -19,10 +19,34 @@ HISTORY_DEFAULTS = {
 class HistorySchedule(IterationSchedule):
     """The update step s of Eq. 6 as (until iteration, step) rows; past the last ``until`` the last step holds
     forever (the released list has no entry there and fails). The history model is updated after iteration t when
-    t % s == 0."""
+    t % s == 0.
 
-    def __init__(self, rows, option='train.history.update_schedule'):
+    Each row must update the history model while it holds: its s may not exceed its ``until`` (a larger s looks like
+    swapped columns, e.g. ``[[1000, 100000]]``), nor the iterations of the run it holds for (from the previous
+    ``until`` to its own, the last row to ``total_iter``; any s consecutive iterations contain a multiple of s). Rows
+    after the end of the run are not checked against it.
+
+    Args:
+        rows (list[list[int]]): ``[[until iteration, s], ...]``.
+        total_iter (int): The iterations of the run (``train.total_iter``).
+        option (str): The option key, for errors.
+    """
+
+    def __init__(self, rows, total_iter, option='train.history.update_schedule'):
         super().__init__(rows, option, names=('step',), example='[[100000, 1000], [200000, 2000], [300000, 3000]]')
+        start = 1
+        for index, (until, step) in enumerate(self.rows):
+            end = total_iter if index == len(self.rows) - 1 else min(until, total_iter)
+            if step > until:
+                raise ValueError(f'{option} = {rows!r}: the row [{until}, {step}] has a step s = {step} larger than '
+                                 f'its until iteration {until}; rows are [until iteration, s]: are the columns '
+                                 'swapped?')
+            if start <= total_iter and step > end - start + 1:
+                when = 'never be updated in this run' if start == 1 else 'not be updated while the row holds'
+                raise ValueError(f'{option} = {rows!r}: the row [{until}, {step}] holds for iterations {start}..{end} '
+                                 f'of this run (train.total_iter = {total_iter}), fewer than its step s = {step}, so '
+                                 f'the history model (Eq. 6) would {when}: use a smaller s')
+            start = until + 1
 
     def step(self, iteration):
         """The update step s in force at ``iteration``."""
@@ -45,7 +69,10 @@ class KDDCKDModel(KDLogitsModel):
       student's and the teacher's z = quant_conv(encoder(x)).
     - The history model (``frozen_copies``: ``his``, Eq. 6): a frozen copy of the student, initialised from its
       source, updated θ_his ← α·θ_his + (1 − α)·θ_src after every iteration t with t % s == 0 (``train.history``:
-      ``alpha``, ``source: ema | student``, ``update_schedule``). Its weights are in every training state.
+      ``alpha`` in (0, 1), ``source: ema | student``, ``update_schedule``, each row updating it at least once, see
+      ``HistorySchedule``). Its weights and the iteration it was last updated after are in every training state;
+      ``history_age``, logged with the losses (not optimised), is the current iteration minus that one: how old the
+      history model that gave this step's negatives is (from 1 to the step s in force).
     - DCKD*: ``train.label_consistency_opt`` (KDLogitsModel).
 
     Either of ``dcl_opt`` and ``ce_opt`` may be left out (the ablations of Tab. 5); one of them is needed. Cost per
@@ -87,10 +114,12 @@ class KDDCKDModel(KDLogitsModel):
                              f'train.ema_decay = {train_opt.get("ema_decay", 0)}: set ema_decay > 0 (0.999 in DCKD) or '
                              'use train.history.source: student')
         alpha = history['alpha']
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(f'train.history.alpha = {alpha!r}: must be in [0, 1]')
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ValueError(f'train.history.alpha = {alpha!r}: must be in (0, 1) (Eq. 6 keeps α of the history '
+                             'model: 0 makes it a copy of its source, 1 never changes it; DCKD: 0.1)')
         self.history_alpha, self.history_source = float(alpha), history['source']
-        self.history_schedule = HistorySchedule(history['update_schedule'])
+        self.history_schedule = HistorySchedule(history['update_schedule'], int(train_opt['total_iter']))
+        self.history_updated_at = 0  # the iteration after which Eq. 6 last ran; 0: the copy of iteration 0
         if not train_opt.get('dcl_opt') and not train_opt.get('ce_opt'):
             raise ValueError('KDDCKDModel needs train.dcl_opt (Eq. 5) or train.ce_opt (Eq. 9), or both; without '
                              'either it is Logits KD (model_type: KDLogitsModel)')
@@ -145,6 +174,8 @@ class KDDCKDModel(KDLogitsModel):
         z_anc, taps_anc = self.encode(self.output, grad_to_input=True)  # the one encoder pass with gradient
         if self.cri_dcl is not None:
             losses['l_dcl'] = self.cri_dcl(taps_anc, [part[0] for part in parts], [part[1:] for part in parts])
+            self.diagnostics['history_age'] = torch.tensor(float(current_iter - self.history_updated_at),
+                                                           device=self.device)
         if self.cri_ce is not None:
             losses['l_ce'] = self.cri_ce(self.vqgan.code_distances(z_anc), self.vqgan.code_distances(z_pos))
         return losses
@@ -177,11 +208,16 @@ class KDDCKDModel(KDLogitsModel):
         sources = dict(source.named_buffers())
         for name, buffer in history.named_buffers():
             buffer.copy_(sources[name])
+        self.history_updated_at = current_iter
 
     def training_state(self):
-        return {'history': {k: v.detach().cpu().clone() for k, v in self.frozen['his'].state_dict().items()}}
+        return {'history': {k: v.detach().cpu().clone() for k, v in self.frozen['his'].state_dict().items()},
+                'history_updated_at': self.history_updated_at}
 
     def load_training_state(self, state):
-        if 'history' not in state:
-            raise ValueError('The training state has no DCKD history model: it was not written by KDDCKDModel')
+        missing = [key for key in ('history', 'history_updated_at') if key not in state]
+        if missing:
+            raise ValueError(f'The training state has no DCKD {" or ".join(missing)}: it was not written by this '
+                             'version of KDDCKDModel')
         self.frozen['his'].load_state_dict(state['history'])
+        self.history_updated_at = state['history_updated_at']

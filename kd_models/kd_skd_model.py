@@ -24,6 +24,8 @@ class KDSKDModel(KDBaseModel):
       of the batch (negatives), the last two in one no_grad call. Leave ``contrastive_opt`` (and ``network_vgg``)
       out for the ablations without L_CL (Tab. III a-d); ``feature_opt.channel_interaction`` /
       ``spatial_interaction`` switch the two MCA terms.
+    - Logged beside the losses, not optimised: ``gk_mean`` and ``gk_saturated``, the mean of L_GK's kernel values
+      (GK ≤ 1) and the share of them above 0.99, where GK's gradient has vanished (``KDGaussianKernelLoss``).
 
     ``train.pixel_range`` is the range the student works in:
 
@@ -161,6 +163,7 @@ class KDSKDModel(KDBaseModel):
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)  # l_pix: L_REC (Eq. 5)
         losses['l_gk'] = self.cri_feat(*self.projected_features())  # α₂·L_GK (Eq. 3)
+        self.diagnostics.update(self.cri_feat.saturation())  # gk_mean, gk_saturated: logged, not optimised
         if self.cri_contrastive is not None:
             losses['l_cl'] = self.contrastive_loss()  # α₃·L_CL (Eq. 4)
         return losses

@@ -7,7 +7,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from .kd_base_model import KDBaseModel
 from .kd_token_maps import tokens_to_maps
 
-# (loss option, Scale Conversion Module, teacher, what it sees) of the two feature-level strategies
+# (loss option, Scale Conversion Module, teacher, what it sees, loss class) of the two feature-level strategies
 STRATEGIES = (('naturalness_opt', 'scm_e', 't1', 'encoder'), ('edge_texture_opt', 'scm_d', 't2', 'decoder'))
 SLKD_TRAIN_KEYS = ('kl_opt', 'naturalness_opt', 'edge_texture_opt')
 
@@ -28,7 +28,8 @@ class KDSLKDModel(KDBaseModel):
     - L_NC (Eq. 2, DRL): ``train.naturalness_opt`` (KDNaturalnessLoss, α₂) on the encoder levels of the student
       and teacher A, mapped into one space by the trainable ``network_scm_e`` (KDScaleConversion).
     - L_ET (Eq. 3, IRL): ``train.edge_texture_opt`` (KDEdgeTextureLoss, α₂) on the decoder levels of the student and
-      teacher B, mapped by ``network_scm_d``.
+      teacher B, mapped by ``network_scm_d``. Logged beside it, not optimised: ``et_gates_saturated``, the share of
+      the student's soft PIQE criteria within 1e-3 of 0 or 1, which pass hardly any gradient (``KDEdgeTextureLoss``).
 
     Each term is optional (Tab. IV's ablations): leave out its option (and, for L_NC / L_ET, its SCM and its taps).
     ``train.feature_taps``: ``network_t1`` lists the encoder levels, ``network_t2`` the decoder levels, and
@@ -159,4 +160,6 @@ class KDSLKDModel(KDBaseModel):
                 unified_student, unified_teacher = self.unified(self.helpers[scm], scm, *pairs[teacher])
                 name = 'l_nc' if loss_key == 'naturalness_opt' else 'l_et'
                 losses[name] = self.cri_levels[loss_key](unified_student, unified_teacher)  # Eq. 2 / Eq. 3
+        if 'edge_texture_opt' in self.cri_levels:  # et_gates_saturated: logged, not optimised
+            self.diagnostics.update(self.cri_levels['edge_texture_opt'].saturation())
         return losses

@@ -17,6 +17,7 @@ from basicsr_kd.compat import patch_basicsr
 from basicsr_kd.parsed_options import parsed_options
 from basicsr_kd.registration import register_plugin
 from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from datasets_prep.make_demo_sr import build_demo_set
 from kd_models.kd_base_model import KDBaseModel
@@ -103,6 +104,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         # twice its side (the VQGAN's f16 encoder needs 16 at least), loaded at the largest
         opt['datasets']['train']['gt_size'] = 32 * scale
         opt['train']['progressive_patches'] = [[1, 16 * scale, 1], [max(total_iter, 2), 32 * scale, 2]]
+    if opt['train'].get('history'):  # DCKD's history model: updated at every iteration of the short run
+        opt['train']['history']['update_schedule'] = [[total_iter, 1]]
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)
@@ -153,6 +156,15 @@ def restoration_root(demo_root, tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def basicsr_log(caplog):
+    """``caplog`` listening on BasicSR's logger, which does not propagate to the root logger caplog listens to."""
+    logger = get_root_logger()
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
 def build_model_from(opt, experiments_root, is_train=True):
     """A BasicSR model built in-process, as ``train.py`` builds it."""
     from basicsr.models import build_model
@@ -164,16 +176,6 @@ def tiny_logits_opt(demo_root, workdir):
     opt = load_option(os.path.join(OPTIONS, 'logits_edsr_x2.yml'))
     opt['network_g']['num_block'], opt['network_t']['num_block'] = 2, 3
     return shrink_option(opt, demo_root, str(workdir), 'logits')
-
-
-@pytest.fixture
-def basicsr_log(caplog):
-    """``caplog`` listening on BasicSR's logger, which does not propagate to the root logger caplog listens to."""
-    from basicsr.utils import get_root_logger
-    logger = get_root_logger()
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture

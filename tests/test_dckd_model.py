@@ -88,13 +88,14 @@ def test_step_losses_match_a_direct_per_image_computation(dckd_opt, tmp_path):
     model.feed_data(batch)
     torch.manual_seed(3)  # the step draws the same degradations
     model.optimize_parameters(1)
-    assert set(model.log_dict) == {'l_pix', 'l_kd', 'l_dcl', 'l_ce'}
+    assert set(model.log_dict) == {'l_pix', 'l_kd', 'l_dcl', 'l_ce', 'history_age'}
     assert model.log_dict['l_dcl'] == pytest.approx(expected_dcl.item(), rel=1e-4)
     assert model.log_dict['l_ce'] == pytest.approx(expected_ce.item(), rel=1e-4)
 
 
 def test_gradients_reach_the_student_only_and_the_frozen_forwards_are_batched(dckd_opt, tmp_path):
     dckd_opt['train']['history']['update_schedule'] = [[1000, 1000]]  # the history model must stay as it was
+    dckd_opt['train']['total_iter'] = 1000
     model = build_model_from(dckd_opt, str(tmp_path / 'exp'))
     frozen = {'t': model.teachers['t'], 'vqgan': model.vqgan, 'his': model.frozen['his']}
     before = {name: snapshot(net) for name, net in frozen.items()}
@@ -113,7 +114,7 @@ def test_gradients_reach_the_student_only_and_the_frozen_forwards_are_batched(dc
 
 
 @pytest.mark.parametrize('drop, terms, vqgan_calls, history_calls', [
-    ('ce_opt', {'l_pix', 'l_kd', 'l_dcl'}, [((N + 1) * 2, False), (2, True)], [(N * 2, False)]),
+    ('ce_opt', {'l_pix', 'l_kd', 'l_dcl', 'history_age'}, [((N + 1) * 2, False), (2, True)], [(N * 2, False)]),
     ('dcl_opt', {'l_pix', 'l_kd', 'l_ce'}, [(2, False), (2, True)], []),
 ], ids=['DCR only', 'DMM only'])
 def test_ablations_of_tab5_switch_off_a_term_and_its_forwards(dckd_opt, tmp_path, drop, terms, vqgan_calls,
@@ -143,7 +144,7 @@ def test_floor_forwards_are_the_frozen_forwards_of_a_step(dckd_opt, tmp_path):
 
 # ------------------------------------------------------------------------------------------------- history model
 def test_history_schedule_holds_its_last_step_forever():
-    schedule = HistorySchedule([[100000, 1000], [200000, 2000], [300000, 3000]])
+    schedule = HistorySchedule([[100000, 1000], [200000, 2000], [300000, 3000]], total_iter=10**7)
     assert [schedule.step(t) for t in (1, 100000, 100001, 200000, 200001, 300000, 300001, 10**7)] == \
         [1000, 1000, 2000, 2000, 3000, 3000, 3000, 3000]
     assert schedule.updates_at(1000) and not schedule.updates_at(101000) and schedule.updates_at(102000)
@@ -157,10 +158,11 @@ def test_history_changes_only_at_scheduled_iterations_by_the_ema_rule_from_its_s
     history = model.frozen['his']
     assert same_tensors(snapshot(history), snapshot(model.net_g))  # iteration 0: the source (EMA = student)
     model.feed_data(random_batch())
-    updated = []
+    updated, ages = [], []
     for step in range(1, 8):
         old = snapshot(history)
         model.optimize_parameters(step)
+        ages.append(model.log_dict['history_age'])
         new = snapshot(history)
         if same_tensors(old, new):
             continue
@@ -175,20 +177,35 @@ def test_history_changes_only_at_scheduled_iterations_by_the_ema_rule_from_its_s
         for name, buffer in history.named_buffers():
             assert torch.equal(buffer, dict(model.net_g.named_buffers())[name])
     assert updated == [1, 2, 4, 6]  # s = 1 up to 2, s = 2 up to 4 and, the last step holding, after
+    # the age of the history model each step's negatives came from: iterations since the update before that step
+    assert ages == [1, 1, 1, 2, 1, 2, 1]
 
 
-def test_history_is_in_the_training_state_and_restored(dckd_opt, tmp_path):
+def test_history_and_its_last_update_are_in_the_training_state_and_restored(dckd_opt, tmp_path):
+    dckd_opt['train']['history']['update_schedule'] = [[1000, 2]]  # updated after iteration 2 only
     model = build_model_from(dckd_opt, str(tmp_path / 'exp'))
     model.feed_data(random_batch())
-    for step in (1, 2):
+    for step in (1, 2, 3):
         model.optimize_parameters(step)
-    model.save(0, 2)
-    state = torch.load(tmp_path / 'exp' / 'training_states' / '2.state', weights_only=False)
+    assert model.log_dict['history_age'] == 1
+    model.save(0, 3)
+    state = torch.load(tmp_path / 'exp' / 'training_states' / '3.state', weights_only=False)
     assert same_tensors(state['kd']['method']['history'], snapshot(model.frozen['his']))
+    assert state['kd']['method']['history_updated_at'] == 2
     resumed = build_model_from(dckd_opt, str(tmp_path / 'exp2'))
     assert differing_tensors(snapshot(resumed.frozen['his']), snapshot(model.frozen['his']))
     resumed.resume_training(state)
     assert same_tensors(snapshot(resumed.frozen['his']), snapshot(model.frozen['his']))
+    resumed.feed_data(random_batch())
+    resumed.optimize_parameters(4)
+    assert resumed.log_dict['history_age'] == 2  # updated after iteration 2, as before the interruption
+
+
+@pytest.mark.parametrize('option', sorted(name for name in os.listdir(OPTIONS) if name.startswith('dckd_')))
+def test_the_option_files_schedules_update_the_history_model_in_their_runs(option):
+    train = load_option(os.path.join(OPTIONS, option))['train']
+    schedule = HistorySchedule(train['history']['update_schedule'], int(train['total_iter']))
+    assert schedule.updates_at(1000) and schedule.step(int(train['total_iter'])) in (2000, 3000)
 
 
 # ------------------------------------------------------------------------------------------------- configuration
@@ -197,8 +214,19 @@ def test_history_is_in_the_training_state_and_restored(dckd_opt, tmp_path):
     (lambda o: o['train']['history'].update(sorce='ema'), ValueError, ['train.history.sorce: unknown option']),
     (lambda o: o['train']['history'].update(source='teacher'), ValueError, ['train.history.source']),
     (lambda o: o['train']['history'].update(alpha=1.5), ValueError, ['train.history.alpha']),
+    (lambda o: o['train']['history'].update(alpha=0), ValueError, ['train.history.alpha = 0', '(0, 1)']),
+    (lambda o: o['train']['history'].update(alpha=1), ValueError, ['train.history.alpha = 1', '(0, 1)']),
     (lambda o: o['train']['history'].update(update_schedule=[[200, 10], [100, 20]]), ValueError,
      ['train.history.update_schedule']),
+    (lambda o: (o['train'].update(total_iter=250000), o['train']['history'].update(update_schedule=[[1000, 100000]])),
+     ValueError, ['train.history.update_schedule = [[1000, 100000]]', 'swapped']),
+    (lambda o: o['train']['history'].update(update_schedule=[[1000, 5]]), ValueError,
+     ['train.history.update_schedule', 'iterations 1..2', 'train.total_iter = 2', 'never be updated']),
+    (lambda o: (o['train'].update(total_iter=20),
+                o['train']['history'].update(update_schedule=[[10, 1], [12, 5], [20, 1]])),
+     ValueError, ['train.history.update_schedule', 'row [12, 5] holds for iterations 11..12', 'not be updated']),
+    (lambda o: (o['train'].update(total_iter=20), o['train']['history'].update(update_schedule=[[10, 1], [100, 50]])),
+     ValueError, ['train.history.update_schedule', 'row [100, 50] holds for iterations 11..20']),
     (lambda o: [o['train'].pop(k) for k in ('dcl_opt', 'ce_opt')], ValueError, ['train.dcl_opt', 'train.ce_opt']),
     (lambda o: o['train'].pop('dcl_opt'), ValueError, ['train.negatives', 'train.dcl_opt']),
     (lambda o: o['train']['dcl_opt'].update(layer_weights=[1, 1, 1, 1]), ValueError,
@@ -212,7 +240,9 @@ def test_history_is_in_the_training_state_and_restored(dckd_opt, tmp_path):
      ['train.label_consistency_opt.prob']),
     (lambda o: o['train'].update(label_consistency_opt={'type': 'L1Loss', 'probability': 0.5}), ValueError,
      ['train.label_consistency_opt', 'probability']),
-], ids=['ema without ema_decay', 'unknown history key', 'bad source', 'bad alpha', 'bad schedule', 'no term',
+], ids=['ema without ema_decay', 'unknown history key', 'bad source', 'bad alpha', 'alpha 0', 'alpha 1',
+        'bad schedule', 'swapped schedule', 'schedule past the run', 'row longer than it holds',
+        'last row longer than the rest of the run', 'no term',
         'negatives without dcl', 'layer weights', 'unknown negatives key', 'no negatives', 'no vqgan',
         'missing vqgan file', 'label consistency prob', 'label consistency key'])
 def test_wrong_configurations_fail_before_the_first_step_naming_the_key(dckd_opt, tmp_path, change, error, words):

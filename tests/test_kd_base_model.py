@@ -173,6 +173,21 @@ def test_bad_configuration_fails_at_build_naming_the_option(logits_opt, tmp_path
     assert all(word in str(raised.value) for word in words), str(raised.value)
 
 
+def test_teacher_autocast_off_cuda_says_once_that_it_has_no_effect(logits_opt, tmp_path, basicsr_log):
+    logits_opt['train']['teacher_autocast'] = 'bf16'
+    model = build_model_from(logits_opt, str(tmp_path / 'exp'))
+    batch = random_batch()
+    model.feed_data(batch)
+    for step in (1, 2):
+        model.optimize_parameters(step)
+    notes = [record for record in basicsr_log.records if 'train.teacher_autocast' in record.getMessage()]
+    assert len(notes) == 1 and notes[0].levelname == 'WARNING', [record.getMessage() for record in notes]
+    assert 'bf16' in notes[0].getMessage() and 'cpu' in notes[0].getMessage()
+    with torch.no_grad():
+        plain = model.teachers['t'](batch['lq'])
+    assert torch.equal(model.teacher_outputs['t'], plain)  # float32, as without the option
+
+
 def test_optimiser_is_any_torch_optim_class_and_also_drives_the_helpers(logits_opt, tmp_path):
     opt = hint_opt(logits_opt)
     opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 3e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}

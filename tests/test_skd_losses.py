@@ -202,6 +202,23 @@ def test_mean_squared_distance_keeps_the_gradient_alive_where_the_printed_norm_s
         assert (value.item() < 0.5) == alive, squared_distance
 
 
+def test_gaussian_kernel_loss_reports_the_mean_and_the_saturated_share_of_its_kernel_values():
+    """A zero student against constant teachers c = 0, 1, 3, 4 (σ 1, mean squared distance c²): GK = 1 − exp(−c²/2)
+    = 0, 0.39, 0.989, 0.9997; only c = 4 is above 0.99. S_fc and S_ft of a zero student are zero too, so each of the
+    three terms has the same four values."""
+    levels = torch.tensor([0., 1., 3., 4.], dtype=torch.float64)
+    student, teacher = torch.zeros(4, 2, 3, 3, dtype=torch.float64), levels.view(4, 1, 1, 1).expand(4, 2, 3, 3)
+    gk = loss('KDGaussianKernelLoss')
+    gk([student], [teacher])
+    values = [1 - math.exp(-c**2 / 2) for c in levels.tolist()]
+    statistics = gk.saturation()
+    assert list(statistics) == ['gk_mean', 'gk_saturated']
+    assert statistics['gk_mean'].item() == pytest.approx(sum(values) / 4, rel=1e-12)
+    assert statistics['gk_saturated'].item() == 0.25
+    gk([student[:1]], [teacher[:1]])  # the last forward only
+    assert gk.saturation()['gk_mean'].item() == 0 and gk.saturation()['gk_saturated'].item() == 0
+
+
 def test_gaussian_kernel_loss_refuses_unprojected_features_and_bad_options():
     with pytest.raises(ValueError, match='KDFeatureProjector'):
         loss('KDGaussianKernelLoss')([fixed(1, 3, 4, 4)], [fixed(1, 5, 4, 4)])

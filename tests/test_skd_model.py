@@ -57,7 +57,7 @@ def test_one_step_trains_the_student_and_the_student_side_of_the_projector_only(
     teacher_side = snapshot(proj.teacher_proj)
     model.feed_data(random_batch(scale=1, size=16))
     model.optimize_parameters(1)
-    assert set(model.log_dict) == {'l_pix', 'l_gk', 'l_cl'}
+    assert set(model.log_dict) == {'l_pix', 'l_gk', 'l_cl', 'gk_mean', 'gk_saturated'}
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net_g.parameters() if p.requires_grad)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in proj.student_proj.parameters())
     assert all(not p.requires_grad and p.grad is None for p in proj.teacher_proj.parameters())
@@ -93,9 +93,13 @@ def test_the_terms_are_eq5_eq3_and_eq4_of_the_right_features(tmp_path):
     with torch.no_grad():  # the step's terms by hand, from the features and output of its (pre-update) forwards
         s_f, t_f = proj([kept[('s', p)] for p in paths], [kept[('t', p)] for p in paths])
         gk_opt = {k: v for k, v in opt['train']['feature_opt'].items() if k != 'type'}
-        gk = LOSS_REGISTRY.get('KDGaussianKernelLoss')(**gk_opt)(s_f, t_f)
+        gk_loss = LOSS_REGISTRY.get('KDGaussianKernelLoss')(**gk_opt)
+        gk = gk_loss(s_f, t_f)
         t_out = teacher(batch['lq'])
     assert model.log_dict['l_gk'] == pytest.approx(gk.item(), rel=1e-4)
+    for name, value in gk_loss.saturation().items():  # logged, not optimised: the kernel values of this step
+        assert model.log_dict[name] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
+    assert 0 < model.log_dict['gk_mean'] < 1
     output = model.output.detach()
     assert model.log_dict['l_pix'] == pytest.approx((output - batch['gt']).abs().mean().item(), rel=1e-5)
     with torch.no_grad():
@@ -165,7 +169,7 @@ def test_tab3_ablations_are_options(tmp_path, channel, spatial):
     assert 'vgg' not in model.frozen and model.cri_contrastive is None
     model.feed_data(random_batch(scale=1, size=16))
     model.optimize_parameters(1)
-    assert set(model.log_dict) == {'l_pix', 'l_gk'}
+    assert set(model.log_dict) == {'l_pix', 'l_gk', 'gk_mean', 'gk_saturated'}
     assert (model.cri_feat.channel_interaction, model.cri_feat.spatial_interaction) == (channel, spatial)
 
 
@@ -174,6 +178,8 @@ def test_tab3_ablations_are_options(tmp_path, channel, spatial):
     (lambda o: o['network_proj']['student_channels'].pop(), ValueError, r'network_proj.student_channels lists 6 taps'),
     (lambda o: o.pop('network_proj'), ValueError, 'needs network_proj'),
     (lambda o: o['train'].pop('feature_opt'), ValueError, 'needs train.feature_opt'),
+    (lambda o: o['train'].update(feature_opt={'type': 'KDHintLoss'}), ValueError,
+     'train.feature_opt.type = KDHintLoss: KDSKDModel takes KDGaussianKernelLoss'),
     (lambda o: o['train'].update(contrastiv_opt={'type': 'L1Loss'}), ValueError, 'does not read train.contrastiv_opt'),
     (lambda o: o['train'].pop('contrastive_opt'), ValueError, 'network_vgg is set but train.contrastive_opt is not'),
     (lambda o: o.pop('network_vgg'), ValueError, 'needs network_vgg'),
@@ -181,8 +187,8 @@ def test_tab3_ablations_are_options(tmp_path, channel, spatial):
      'train.feature_taps.network_t: .* no module "encoder_levl1"'),
     (lambda o: o['train']['feature_taps']['network_t'].reverse(), ValueError,
      r"train.feature_taps.network_t = \['decoder_level1', .*in the order it runs .*\['encoder_level1', "),
-], ids=['taps', 'proj taps', 'no proj', 'no gk', 'unknown loss', 'vgg without cl', 'cl without vgg', 'bad path',
-        'taps reversed'])
+], ids=['taps', 'proj taps', 'no proj', 'no gk', 'gk of another type', 'unknown loss', 'vgg without cl',
+        'cl without vgg', 'bad path', 'taps reversed'])
 def test_wrong_configuration_fails_before_the_first_step_naming_the_key(tmp_path, change, error, match):
     opt = skd_opt(tmp_path, '/nonexistent')
     change(opt)

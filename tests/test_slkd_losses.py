@@ -105,6 +105,24 @@ def test_edge_texture_loss_matches_the_printed_sum_over_levels(opt):
     assert loss('KDEdgeTextureLoss', **opt)(students, teachers).item() == pytest.approx(expected, rel=1e-10)
 
 
+def test_edge_texture_loss_reports_the_share_of_the_students_saturated_gates():
+    """Sample 0 of the student is flat: its MSCN map is 0, so in each of its four blocks activity is
+    sigmoid(−0.1 / 0.01) ≈ 5e-5, distortion 1 − exp(−44 softplus(≈10)) ≈ 1 and noise sigmoid(≈−2 / 0.05) ≈ 4e-18, all
+    three saturated. Sample 1 is textured: its gates a, d, n are read off its features (a, a·d, a·n). The teacher's
+    gates are not counted."""
+    sample = textured(1, 1, 32, 32, seed=13)
+    student = torch.cat([torch.full_like(sample, 0.5), sample])
+    features = piqe_features(sample)[0, 0]
+    gates = torch.stack([features[1], features[2] / features[1], features[3] / features[1]])
+    saturated = (torch.minimum(gates, 1 - gates) < 1e-3).sum().item()
+    assert 0 < saturated < gates.numel()
+    et = loss('KDEdgeTextureLoss')
+    for teacher in (textured(2, 1, 32, 32, seed=14), torch.full_like(student, 0.5)):
+        et([student], [teacher])
+        assert list(et.saturation()) == ['et_gates_saturated']
+        assert et.saturation()['et_gates_saturated'].item() == pytest.approx((3 * 4 + saturated) / 24)
+
+
 @pytest.mark.parametrize('name', ['KDNaturalnessLoss', 'KDEdgeTextureLoss'])
 def test_statistics_losses_are_zero_on_the_teacher_and_refuse_unpaired_levels(name):
     teachers = [textured(2, 2, 16, 16, seed=11), textured(2, 3, 16, 32, seed=12)]

@@ -100,8 +100,9 @@ def test_gradients_reach_the_student_and_both_scms_only(opt, tmp_path):
     assert same_tensors(teachers['t1'], teachers['t2'])  # one file
     model.feed_data(batch())
     model.optimize_parameters(1)
-    assert set(model.log_dict) == {'l_pix', 'l_kl', 'l_nc', 'l_et'}
-    assert all(math.isfinite(value) and value > 0 for value in model.log_dict.values())
+    assert set(model.log_dict) == {'l_pix', 'l_kl', 'l_nc', 'l_et', 'et_gates_saturated'}
+    losses = [model.log_dict[name] for name in ('l_pix', 'l_kl', 'l_nc', 'l_et')]
+    assert all(math.isfinite(value) and value > 0 for value in losses)
     student = [p.grad for p in model.net_g.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in student)
     for name in ('scm_e', 'scm_d'):
@@ -153,7 +154,8 @@ def test_each_term_is_its_equation_on_the_right_networks_and_inputs(opt, tmp_pat
         teacher_a, encoder_a = tapped(model.teachers['t1'], ENCODER, data['lq'])
         teacher_b, decoder_b = tapped(model.teachers['t2'], DECODER, data[source])
         naturalness = LOSS_REGISTRY.get('KDNaturalnessLoss')(loss_weight=0.1)(*scm_e(features[:3], encoder_a))
-        edge_texture = LOSS_REGISTRY.get('KDEdgeTextureLoss')(loss_weight=0.1)(*scm_d(features[3:], decoder_b))
+        edge_texture_loss = LOSS_REGISTRY.get('KDEdgeTextureLoss')(loss_weight=0.1)
+        edge_texture = edge_texture_loss(*scm_d(features[3:], decoder_b))
     model.feed_data(data)
     model.optimize_parameters(1)
     logged = model.log_dict
@@ -161,6 +163,8 @@ def test_each_term_is_its_equation_on_the_right_networks_and_inputs(opt, tmp_pat
     assert logged['l_kl'] == pytest.approx(0.7 * image_kl(student, teacher_a), rel=1e-3)  # Eq. 4
     assert logged['l_nc'] == pytest.approx(naturalness.item(), rel=1e-4)  # Eq. 2, encoder levels, teacher A
     assert logged['l_et'] == pytest.approx(edge_texture.item(), rel=1e-4)  # Eq. 3, decoder levels, teacher B
+    saturated = edge_texture_loss.saturation()['et_gates_saturated'].item()  # the student's gates of this step
+    assert logged['et_gates_saturated'] == pytest.approx(saturated, abs=1e-6)
     if source == 'lq':
         assert torch.allclose(teacher_a, teacher_b)
 
@@ -175,7 +179,7 @@ def test_tab_iv_ablation_without_the_naturalness_loss_trains(opt, tmp_path):
     assert list(model.helpers) == ['scm_d']
     model.feed_data(batch())
     model.optimize_parameters(1)
-    assert set(model.log_dict) == {'l_pix', 'l_kl', 'l_et'}
+    assert set(model.log_dict) == {'l_pix', 'l_kl', 'l_et', 'et_gates_saturated'}
 
 
 def test_wrong_configurations_fail_before_the_first_step_naming_the_key(opt, tmp_path):
@@ -194,6 +198,8 @@ def test_wrong_configurations_fail_before_the_first_step_naming_the_key(opt, tmp
     fails(lambda o: o['train'].update(naturalnes_opt={'type': 'KDNaturalnessLoss'}), r"train.\['naturalnes_opt'\]")
     fails(lambda o: (o.pop('network_t2'), o['path'].pop('pretrain_network_t2')), r'network_t1 \(teacher A\) and '
           r'network_t2')
+    fails(lambda o: o['train']['edge_texture_opt'].update(type='KDNaturalnessLoss'),
+          r'train.edge_texture_opt.type = KDNaturalnessLoss: KDSLKDModel needs KDEdgeTextureLoss')
     fails(lambda o: o['network_scm_d'].update(teacher_channels=[64, 32, 16]),
           r'network_scm_d does not fit the tapped levels.*level 2: expects 16 student and 16 teacher channels, '
           r'got student \(1, 16, 16, 16\) and teacher \(1, 32, 16, 16\)')
