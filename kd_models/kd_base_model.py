@@ -167,6 +167,8 @@ class KDBaseModel(SRModel):
     Hooks for a method (each has a default):
 
     - ``single_teacher``: True when the method distils exactly one teacher, ``network_t`` (refused otherwise).
+    - ``not_for_testing``: where ``test()`` needs what only training builds (teachers, the pixel range), the reason
+      and what to use instead; such a model is refused under test.py (``is_train`` false) with it.
     - ``option_keys``: the keys the method reads; a loss key maps to the loss classes it accepts (a tuple of names,
       e.g. ``{'train': {'ce_opt': ('KDCodebookCrossEntropyLoss', )}}``; ``PIXEL_LOSSES`` for any pixel-style loss).
       A loss of another kind is refused first thing in ``init_training_settings`` (``check_loss_kinds``);
@@ -200,6 +202,7 @@ class KDBaseModel(SRModel):
     frozen_copies = ()
     helper_networks = ()
     single_teacher = False  # True: the method distils exactly one teacher, network_t
+    not_for_testing = None  # why a model whose test() needs its training set-up is refused under test.py
     # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py): a tuple of loss class names is a
     # loss dict of one of those kinds; 'text': free text (module or file paths), never read as a number
     option_keys = {'train': {'teacher_inputs': None, 'feature_taps': 'text', 'teacher_autocast': None,
@@ -207,6 +210,8 @@ class KDBaseModel(SRModel):
                              'perceptual_opt': ('PerceptualLoss', )}}
 
     def __init__(self, opt):
+        if not opt['is_train'] and self.not_for_testing:
+            raise ValueError(f'model_type = {type(self).__name__} cannot run under test.py: {self.not_for_testing}')
         self.check_not_data_parallel(opt)  # before SRModel wraps the student
         super().__init__(opt)
 

@@ -93,6 +93,10 @@ class KDMTKDAggregationModel(KDBaseModel):
           pixel_opt: {type: L1Loss, loss_weight: 1.0}   # Eq. 1
     """
 
+    not_for_testing = ('the aggregator runs on its teachers\' outputs, and the teachers are built for training '
+                       'only; its validation during training (val:) reports its metrics beside each teacher\'s. '
+                       'Evaluate a stage-2 student with model_type: KDEvalModel (options/test/test_mtkd_*.yml)')
+
     def init_training_settings(self):
         super().init_training_settings()
         check_num_teachers(self.get_bare_model(self.net_g), 'network_g', self.teachers)

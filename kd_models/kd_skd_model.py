@@ -43,7 +43,7 @@ class KDSKDModel(KDBaseModel):
     loader ignores): KDEvalModel refuses to evaluate it in another. This model only trains (its validation included):
     under test.py it is refused, pointing to KDEvalModel.
 
-    Overrides: ``__init__`` (refused for testing), ``init_training_settings`` (option checks and the two losses),
+    Overrides: ``init_training_settings`` (option checks and the two losses),
     ``check_tapped_features`` (the matched blocks' sizes and channels on the probe forward, before the first step),
     ``feed_data``, ``teacher_views``, ``pixel_target``, ``compute_losses`` (adds ``l_gk``, ``l_cl``),
     ``floor_forwards`` (teacher, VGG on the student's output, VGG on positive + negatives), ``test``,
@@ -64,15 +64,11 @@ class KDSKDModel(KDBaseModel):
 
     helper_networks = ('proj', )
     single_teacher = True
+    not_for_testing = ('it trains a student; evaluate the student with model_type: KDEvalModel '
+                       '(options/test/test_skd_*.yml), whose val.pixel_range is the range it was trained in '
+                       '(train.pixel_range)')
     option_keys = {'train': {'feature_opt': ('KDGaussianKernelLoss', ), 'contrastive_opt': ('KDImageContrastiveLoss', ),
                              'pixel_range': None}}
-
-    def __init__(self, opt):
-        if not opt['is_train']:
-            raise ValueError('model_type = KDSKDModel trains a student; evaluate the student with model_type: '
-                             'KDEvalModel (options/test/test_skd_*.yml), whose val.pixel_range is the range it was '
-                             'trained in (train.pixel_range)')
-        super().__init__(opt)
 
     def init_training_settings(self):
         train_opt = self.opt['train']

@@ -292,6 +292,12 @@ def test_a_wrong_stage2_configuration_fails_before_the_first_step(stage2_opt, tm
         build_model_from(opt, str(tmp_path / 'exp'))
 
 
+def test_stage1_under_test_py_is_refused_saying_what_to_use(stage1_opt, tmp_path):
+    """Its test() runs teachers that only training builds: an AttributeError inside validation before the fix."""
+    with pytest.raises(ValueError, match=r'KDMTKDAggregationModel cannot run under test.py: .*val:.*KDEvalModel'):
+        build_model_from(stage1_opt, str(tmp_path / 'exp'), is_train=False)
+
+
 def test_stage1_refuses_an_aggregator_for_another_number_of_teachers(stage1_opt, tmp_path):
     opt = copy.deepcopy(stage1_opt)
     opt['network_g']['num_teachers'] = 2

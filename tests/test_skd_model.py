@@ -303,5 +303,5 @@ def test_a_minus_one_one_student_evaluates_through_its_test_option_as_in_its_val
 
 
 def test_testing_with_the_training_model_is_refused_pointing_to_kdevalmodel(tmp_path):
-    with pytest.raises(ValueError, match=r'model_type = KDSKDModel trains a student; .* model_type: KDEvalModel'):
+    with pytest.raises(ValueError, match=r'KDSKDModel cannot run under test.py: it trains a student; .* KDEvalModel'):
         build_model_from(skd_opt(tmp_path, '/nonexistent'), str(tmp_path / 'exp'), is_train=False)
