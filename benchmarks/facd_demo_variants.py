@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from basicsr_kd.demo import ROOT, checkpoint, cut_tiles, evaluate, load_net, load_option, mean_sd, say, train
 from datasets_prep.make_demo_sr import build_demo_set
 
-VARIANTS = {  # changes of train.feature_opt in options/demo/demo_student_facd_x2.yml
-    'printed': {},
-    'detached': {'detach_student_negatives': True},
-    'mean': {'reduction': 'mean'},
+VARIANTS = {  # train.feature_opt of options/demo/demo_student_facd_x2.yml with these two keys
+    'printed': {'detach_student_negatives': False, 'reduction': 'sum'},
+    'detached': {'detach_student_negatives': True, 'reduction': 'sum'},
+    'mean': {'detach_student_negatives': False, 'reduction': 'mean'},
     'both': {'detach_student_negatives': True, 'reduction': 'mean'},
 }
 

@@ -113,6 +113,8 @@ class KDFeatureContrastiveLoss(nn.Module):
     - ``detach_student_negatives``: the paper does not say whether the student negatives DR(F̂ˢ_kj) are constants.
       Default False differentiates Eq. 4 as printed, so they are also pushed away from the anchor; True treats
       them as constants, as DCKD and CSD treat their negatives.
+    - The defaults are Eq. 4 as printed. The shipped FACD option files set ``detach_student_negatives: true`` and
+      ``reduction: mean``, the form that trained best on the CPU demo pair (README "FACD").
     - Cost: the distances to the negatives are two (B, B) ``torch.cdist`` matrices per point; no (B − 1) · B copies
       of the feature maps are built.
 
