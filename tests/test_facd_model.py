@@ -75,6 +75,7 @@ def test_logged_losses_equal_the_printed_formulas_with_each_switch(demo_root, tm
         expected_facd = facd_by_loops(regressed, [f.double() for f in teachers], feature_alpha,
                                       feature_opt['point_weights'], feature_opt['distance'], feature_opt['eps'],
                                       feature_opt['loss_weight']).item()
+        expected_facd /= {'sum': 1, 'mean': 3}[feature_opt['reduction']]  # the option files: a mean over the batch
         for tap in model.taps.values():
             tap.features.clear()  # only the step's own forward may fill them
         model.feed_data(batch)

@@ -50,6 +50,18 @@ if 'KDTestHookModel' not in MODEL_REGISTRY:  # the registry refuses a second reg
         def pixel_target(self):
             return self.teacher_outputs['t']
 
+    @MODEL_REGISTRY.register()
+    class KDTestPerceptualModel(KDBaseModel):
+        """The base model with its perceptual key declared to take the stand-in below (BasicSR's PerceptualLoss
+        needs VGG weights this machine does not have)."""
+
+        option_keys = {'train': {'perceptual_opt': ('PerceptualLoss', 'KDTestPerceptualLoss')}}
+
+        def compute_losses(self, current_iter):
+            losses = super().compute_losses(current_iter)
+            losses['l_kd'] = (self.output - self.teacher_outputs['t']).abs().mean()
+            return losses
+
     @LOSS_REGISTRY.register()
     class KDTestPerceptualLoss(nn.Module):
         """BasicSR's PerceptualLoss contract, (perceptual, style), without VGG weights: mean |x - y| and 0."""
@@ -162,6 +174,8 @@ def test_perceptual_loss_is_a_term_also_without_a_pixel_loss(logits_opt, tmp_pat
     opt = copy.deepcopy(logits_opt)
     opt['train'].pop('pixel_opt')
     opt['train']['perceptual_opt'] = {'type': 'KDTestPerceptualLoss', 'loss_weight': 0.5}
+    opt['model_type'] = 'KDTestPerceptualModel'
+    opt['train'].pop('kd_opt', None)
     model = build_model_from(opt, str(tmp_path / 'exp'))
     batch = random_batch()
     model.feed_data(batch)

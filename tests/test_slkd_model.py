@@ -199,7 +199,7 @@ def test_wrong_configurations_fail_before_the_first_step_naming_the_key(opt, tmp
     fails(lambda o: (o.pop('network_t2'), o['path'].pop('pretrain_network_t2')), r'network_t1 \(teacher A\) and '
           r'network_t2')
     fails(lambda o: o['train']['edge_texture_opt'].update(type='KDNaturalnessLoss'),
-          r'train.edge_texture_opt.type = KDNaturalnessLoss: KDSLKDModel needs KDEdgeTextureLoss')
+          r'train.edge_texture_opt.type = KDNaturalnessLoss: KDSLKDModel takes KDEdgeTextureLoss there')
     fails(lambda o: o['network_scm_d'].update(teacher_channels=[64, 32, 16]),
           r'network_scm_d does not fit the tapped levels.*level 2: expects 16 student and 16 teacher channels, '
           r'got student \(1, 16, 16, 16\) and teacher \(1, 32, 16, 16\)')
