@@ -212,22 +212,25 @@ class KDMTKDModel(KDBaseModel):
             raise ValueError('KDMTKDModel needs train.distill_opt, the distillation loss to the aggregator\'s output '
                              '(KDWaveletLoss, Eq. 3; L1Loss for the authors\' objective)')
         super().init_training_settings()
-        check_num_teachers(self.frozen['agg'], 'network_agg', self.teachers)
-        self.check_teacher_list()
         self.cri_dis = self.build_train_loss('distill_opt')
 
     def build_frozen_network(self, name):
-        """The aggregator's options are compared with those it was trained with before it is built and loaded (a
-        differing ``embed_dim`` is then named as such, not as a shape mismatch)."""
-        if name == 'agg' and self.opt['path'].get('pretrain_network_agg'):  # unset: the base class refuses it
-            self.check_aggregator_options()
-        return super().build_frozen_network(name)
+        """The aggregator, checked against what its file records (read once): its network options before it is
+        built and loaded (a differing ``embed_dim`` is then named as such, not as a shape mismatch), then its number
+        of teachers and its teacher list against the teachers (built and loaded before it)."""
+        path = self.opt['path'].get('pretrain_network_agg')
+        if name != 'agg' or not path:  # unset: the base class refuses it
+            return super().build_frozen_network(name)
+        records = self.read_weight_file(path, 'path.pretrain_network_agg')
+        self.check_aggregator_options(path, records.get(NETWORK_KEY))
+        aggregator = super().build_frozen_network(name)
+        check_num_teachers(aggregator, 'network_agg', self.teachers)
+        self.check_teacher_list(path, records.get(TEACHER_LIST_KEY))
+        return aggregator
 
-    def check_aggregator_options(self):
+    def check_aggregator_options(self, path, stored):
         """Refuse ``network_agg`` options that build another network than the stage-1 ``network_g`` stored with the
-        aggregator (constructor defaults filled in on both sides)."""
-        path = self.opt['path']['pretrain_network_agg']
-        stored = self.read_weight_file(path, 'path.pretrain_network_agg').get(NETWORK_KEY)
+        aggregator (``stored``; constructor defaults filled in on both sides)."""
         if stored is None:
             get_root_logger().warning(
                 f'path.pretrain_network_agg = {path} carries no network options ("{NETWORK_KEY}": not written by '
@@ -246,10 +249,9 @@ class KDMTKDModel(KDBaseModel):
                 '. Set network_agg as in stage 1 (strict loading does not see options that change no weight shape, '
                 'such as dct_norm, use_dct or shifted_windows).')
 
-    def check_teacher_list(self):
-        """Refuse an aggregator trained on other teachers than the configured ones, or in another order."""
-        path = self.opt['path']['pretrain_network_agg']
-        stored = self.read_weight_file(path, 'path.pretrain_network_agg').get(TEACHER_LIST_KEY)
+    def check_teacher_list(self, path, stored):
+        """Refuse an aggregator trained (``stored``: the teacher list of its file) on other teachers than the
+        configured ones, or in another order."""
         declared = self.opt['path'].get('agg_teacher_types')
         if stored is None:
             self.check_declared_teacher_types(path, declared)

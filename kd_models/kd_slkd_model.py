@@ -7,7 +7,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from .kd_base_model import KDBaseModel
 from .kd_token_maps import tokens_to_maps
 
-# (loss option, Scale Conversion Module, teacher, what it sees, loss class) of the two feature-level strategies
+# (loss option, Scale Conversion Module, teacher, what it sees) of the two feature-level strategies
 STRATEGIES = (('naturalness_opt', 'scm_e', 't1', 'encoder'), ('edge_texture_opt', 'scm_d', 't2', 'decoder'))
 SLKD_TRAIN_KEYS = ('kl_opt', 'naturalness_opt', 'edge_texture_opt')
 
