@@ -5,44 +5,26 @@ for several seeds (same seed, data order and iterations within a pair), and comp
 Every run is BasicSR's own training pipeline (``train.py`` in a subprocess whose working directory is ``--out``) on
 the option files of ``options/demo/``, with the run's name, seed and paths set in a copy written to
 ``<out>/options``. Runs go ``--jobs`` at a time (one thread each): the scratch students do not need the teacher and
-train beside it. Usage: ``python -m basicsr_kd.demo [--seeds 0 1 2] [--jobs 2]``.
+train beside it. Run again, the demo keeps the runs that finished with the same options and resumes stopped ones
+(``basicsr_kd.demo_runs``). Usage: ``python -m basicsr_kd.demo [--seeds 0 1 2] [--jobs 2]``.
 """
 import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-import torch
-import yaml
 
-import kd_archs  # noqa: F401  (registers our networks)
-from basicsr.archs import build_network
-from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
+from basicsr_kd.demo_runs import (ROOT, START, checkpoint, load_demo_option, load_net, read_rgb, run_net, say, scores,
+                                  train)
 from datasets_prep.common import cut_sub_images, image_size, read_image
 from datasets_prep.make_demo_sr import build_demo_set
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPTIONS = {kind: os.path.join(ROOT, 'options', 'demo', f'{name}.yml')
-           for kind, name in (('teacher', 'demo_teacher_x2'), ('scratch', 'demo_student_scratch_x2'),
-                              ('kd', 'demo_student_logits_x2'), ('facd', 'demo_student_facd_x2'))}
-START = time.time()
-
-
-def say(message):
-    print(f'[{time.time() - START:5.0f} s] {message}', flush=True)
-
-
-def load_option(kind):
-    with open(OPTIONS[kind]) as f:
-        return yaml.safe_load(f)
+OPTIONS = {'teacher': 'demo_teacher_x2', 'scratch': 'demo_student_scratch_x2', 'kd': 'demo_student_logits_x2'}
 
 
 def cut_tiles(split_root, tiles_root, scale, size):
@@ -59,57 +41,23 @@ def cut_tiles(split_root, tiles_root, scale, size):
         cut_sub_images(os.path.splitext(name)[0], image_size(hr_path), sources, size, size, 0, hr_path)
 
 
-def checkpoint(out, run):
-    return os.path.join(out, 'experiments', run, 'models', 'net_g_latest.pth')
-
-
-def train(kind, run, changes, args):
-    """Run train.py on a copy of option ``kind`` with ``changes`` ({'a:b': value}); print its iteration logs.
-
-    The changes go into the copy, not ``--force_yml``: BasicSR 1.4.2 seeds the run before it applies that flag.
-    """
-    if args.reuse and os.path.isfile(checkpoint(args.out, run)):
-        return say(f'[{run}] reusing {checkpoint(args.out, run)}')
-    opt = load_option(kind)
-    for key, value in {'name': run, **changes}.items():
-        *parents, leaf = key.split(':')
-        node = opt
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    opt_path = os.path.join(args.out, 'options', f'{run}.yml')
-    with open(opt_path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
-    shutil.rmtree(os.path.join(args.out, 'experiments', run), ignore_errors=True)
-    total, start, log = opt['train']['total_iter'], time.time(), []
-    say(f'[{run}] training {total} iterations')
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=ROOT)
-    with subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '-opt', opt_path], cwd=args.out, env=env,
-                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
-        for line in proc.stdout:
-            log.append(line)
-            if '][epoch:' in line:  # BasicSR's log line: [name][epoch: e, iter: i, lr:(...)] [eta: ...] losses
-                iteration = line.split('iter:')[1].split(', lr')[0].strip()  # printed as 1,000
-                say(f'[{run}] iter {iteration}/{total:,} {line.rsplit("]", 1)[1].strip()}')
-    if proc.returncode != 0:
-        raise RuntimeError(f'training {run} failed:\n{"".join(log[-40:])}')
-    say(f'[{run}] done in {time.time() - start:.0f} s ({(time.time() - start) / total:.3f} s/iteration with start-up)')
-
-
 def train_all(args, data_changes):
     """The teacher and the scratch students first (they are independent), then the KD students; returns the runs."""
-    runs = {'teacher': load_option('teacher')['name']}
+    runs = {'teacher': OPTIONS['teacher']}
     runs.update({(kind, s): f'demo_{kind}_seed{s}' for kind in ('scratch', 'kd') for s in args.seeds})
     teacher_path = {'path:pretrain_network_t': checkpoint(args.out, runs['teacher'])}
 
+    def run(kind, name, changes):
+        seconds = train(OPTIONS[kind], name, changes, args.out, args.threads, progress)
+        say(f'[{name}] done ({seconds:.3f} s/iteration)')
+
     def kd_job(seed):
         teacher_job.result()  # waits for the teacher (re-raises its failure)
-        train('kd', runs['kd', seed], {**data_changes, 'manual_seed': seed, **teacher_path}, args)
+        run('kd', runs['kd', seed], {**data_changes, 'manual_seed': seed, **teacher_path})
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        teacher_job = pool.submit(train, 'teacher', runs['teacher'], data_changes, args)
-        jobs = [pool.submit(train, 'scratch', runs['scratch', s], {**data_changes, 'manual_seed': s}, args)
-                for s in args.seeds]
+        teacher_job = pool.submit(run, 'teacher', runs['teacher'], data_changes)
+        jobs = [pool.submit(run, 'scratch', runs['scratch', s], {**data_changes, 'manual_seed': s}) for s in args.seeds]
         jobs += [pool.submit(kd_job, s) for s in args.seeds]
         try:
             for job in [teacher_job, *jobs]:
@@ -120,34 +68,26 @@ def train_all(args, data_changes):
     return runs
 
 
-def load_net(kind, run, out):
-    """The network of option ``kind`` with the EMA weights that BasicSR saved for ``run``."""
-    net = build_network(load_option(kind)['network_g'])
-    net.load_state_dict(torch.load(checkpoint(out, run), map_location='cpu', weights_only=True)['params_ema'])
-    return net.eval()
+def progress(run, iteration, total):
+    if iteration % 200 == 0 or iteration == total:
+        say(f'[{run}] iter {iteration:,}/{total:,}')
 
 
-def read_rgb(path):
-    return cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.
+def net_of(kind, run, out):
+    return load_net(load_demo_option(OPTIONS[kind])['network_g'], out, run)
 
 
 def upscale(net, lq, scale):
-    """A BGR uint8 image (as BasicSR's metrics expect) from an RGB float LR image: ``net``, or bicubic if None."""
-    if net is None:
-        return tensor2img(img2tensor(np.clip(imresize(lq, scale), 0, 1), bgr2rgb=False))
-    with torch.no_grad():
-        return tensor2img(net(img2tensor(lq, bgr2rgb=False)[None]).clamp(0, 1))
+    """A BGR uint8 image from an RGB float LR image: ``net``, or bicubic if None."""
+    return run_net(net, lq, scale) if net is not None else run_net(lambda x: x, np.clip(imresize(lq, scale), 0, 1))
 
 
 def evaluate(net, val_root, scale):
     """Mean PSNR and SSIM on Y (border = scale) over the validation images."""
-    psnr, ssim = [], []
-    for name in sorted(os.listdir(os.path.join(val_root, 'HR'))):
-        gt = cv2.imread(os.path.join(val_root, 'HR', name))
-        sr = upscale(net, read_rgb(os.path.join(val_root, 'LR_bicubic', f'X{scale}', name)), scale)
-        psnr.append(calculate_psnr(sr, gt, crop_border=scale, test_y_channel=True))
-        ssim.append(calculate_ssim(sr, gt, crop_border=scale, test_y_channel=True))
-    return float(np.mean(psnr)), float(np.mean(ssim))
+    names = sorted(os.listdir(os.path.join(val_root, 'HR')))
+    gts = [cv2.imread(os.path.join(val_root, 'HR', name)) for name in names]
+    srs = [upscale(net, read_rgb(os.path.join(val_root, 'LR_bicubic', f'X{scale}', name)), scale) for name in names]
+    return scores(srs, gts, scale)
 
 
 def mean_sd(values, digits):
@@ -172,8 +112,8 @@ def results_table(scores, params, seeds):
 
 def evaluate_all(runs, args, val_root, scale):
     """Networks ({kind: [nets]}, bicubic = [None]), their scores ({kind: [(psnr, ssim)]}) and parameter counts."""
-    nets = {'bicubic': [None], 'teacher': [load_net('teacher', runs['teacher'], args.out)]}
-    nets.update({kind: [load_net(kind, runs[kind, s], args.out) for s in args.seeds] for kind in ('scratch', 'kd')})
+    nets = {'bicubic': [None], 'teacher': [net_of('teacher', runs['teacher'], args.out)]}
+    nets.update({kind: [net_of(kind, runs[kind, s], args.out) for s in args.seeds] for kind in ('scratch', 'kd')})
     scores = {kind: [evaluate(net, val_root, scale) for net in group] for kind, group in nets.items()}
     params = {kind: sum(p.numel() for p in group[0].parameters()) if group[0] else 0 for kind, group in nets.items()}
     return nets, scores, params
@@ -204,7 +144,6 @@ def parse_args():
     parser.add_argument('--out', default=os.path.join(ROOT, 'demo_output'), help='runs, table and image strip')
     parser.add_argument('--strip', nargs=4, default=['astronaut.png', 330, 115, 96],
                         metavar=('IMAGE', 'TOP', 'LEFT', 'SIZE'), help='validation crop (HR pixels) in strip.png')
-    parser.add_argument('--reuse', action='store_true', help='keep runs whose checkpoint exists (re-evaluate only)')
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
     return args
@@ -213,7 +152,7 @@ def parse_args():
 def main():
     args = parse_args()
     os.makedirs(os.path.join(args.out, 'options'), exist_ok=True)
-    scale = load_option('teacher')['scale']
+    scale = load_demo_option(OPTIONS['teacher'])['scale']
     val_root = os.path.join(args.data, 'val')
     say(f'1/3 demo data in {args.data} (x{scale}), training tiles of {args.tile_size} px')
     build_demo_set(args.data, scales=(scale, ))

@@ -11,9 +11,11 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from basicsr_kd.demo import ROOT, checkpoint, cut_tiles, evaluate, load_net, load_option, mean_sd, say, train
+from basicsr_kd.demo import cut_tiles, evaluate, mean_sd
+from basicsr_kd.demo_runs import ROOT, checkpoint, load_demo_option, load_net, say, train
 from datasets_prep.make_demo_sr import build_demo_set
 
+FACD, LOGITS, TEACHER = 'demo_student_facd_x2', 'demo_student_logits_x2', 'demo_teacher_x2'
 VARIANTS = {  # train.feature_opt of options/demo/demo_student_facd_x2.yml with these two keys
     'printed': {'detach_student_negatives': False, 'reduction': 'sum'},
     'detached': {'detach_student_negatives': True, 'reduction': 'sum'},
@@ -32,14 +34,13 @@ def parse_args():
     parser.add_argument('--tile-size', type=int, default=96, help='HR size of the training tiles')
     parser.add_argument('--data', default=os.path.join(ROOT, 'datasets', 'demo_sr'), help='demo set folder')
     parser.add_argument('--out', default=os.path.join(ROOT, 'demo_output', 'facd_variants'), help='runs and table')
-    parser.add_argument('--reuse', action='store_true', help='keep runs whose checkpoint exists')
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
     return args
 
 
 def feature_opt_changes(variant):
-    return {'train:feature_opt': {**load_option('facd')['train']['feature_opt'], **VARIANTS[variant]}}
+    return {'train:feature_opt': {**load_demo_option(FACD)['train']['feature_opt'], **VARIANTS[variant]}}
 
 
 def main():
@@ -51,24 +52,22 @@ def main():
     data = {'datasets:train:dataroot_gt': os.path.join(tiles, 'HR'),
             'datasets:train:dataroot_lq': os.path.join(tiles, 'LR_bicubic', 'X2')}
     schedule = {'train:total_iter': args.iterations, 'train:scheduler:periods': [args.iterations]}
-    teacher = 'demo_teacher_x2'
-    reuse = args.reuse
-    args.reuse = True  # the teacher is the demo's, whatever --reuse says
-    train('teacher', teacher, data, args)
-    args.reuse = reuse
-    common = {**data, **schedule, 'path:pretrain_network_t': checkpoint(args.out, teacher)}
-    runs = {('logits', s): ('kd', f'logits_{args.iterations}_seed{s}', {**common, 'manual_seed': s})
+    train(TEACHER, TEACHER, data, args.out, args.threads)
+    common = {**data, **schedule, 'path:pretrain_network_t': checkpoint(args.out, TEACHER)}
+    runs = {('logits', s): (LOGITS, f'logits_{args.iterations}_seed{s}', {**common, 'manual_seed': s})
             for s in args.seeds}
-    runs.update({(v, s): ('facd', f'facd_{v}_{args.iterations}_seed{s}',
+    runs.update({(v, s): (FACD, f'facd_{v}_{args.iterations}_seed{s}',
                           {**common, 'manual_seed': s, **feature_opt_changes(v)})
                  for v in args.variants for s in args.seeds})
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        for job in [pool.submit(train, kind, run, changes, args) for kind, run, changes in runs.values()]:
+        for job in [pool.submit(train, option, run, changes, args.out, args.threads)
+                    for option, run, changes in runs.values()]:
             job.result()
     say(f'students trained in {time.time() - start:.0f} s')
     val_root = os.path.join(args.data, 'val')
-    scores = {key: evaluate(load_net(kind, run, args.out), val_root, 2) for key, (kind, run, _) in runs.items()}
+    scores = {key: evaluate(load_net(load_demo_option(option)['network_g'], args.out, run), val_root, 2)
+              for key, (option, run, _) in runs.items()}
     lines = [f'{args.iterations} iterations, seeds {args.seeds}; ± is the standard deviation over seeds.', '',
              '| L_FACD | PSNR-Y (dB) | SSIM-Y | − Logits KD, paired (dB) | per seed |', '|---|---:|---:|---:|---|']
     for name in ['logits', *args.variants]:
