@@ -1,15 +1,14 @@
 """WaveKD's distillation loss: the high-frequency Haar wavelet bands of the student's output against the teacher's."""
 from basicsr.utils.registry import LOSS_REGISTRY
-from torch import nn
 
-from .kd_wavelet_loss import check_levels, haar_basis, haar_dwt
+from .kd_wavelet_loss import KDHaarDWTLoss
 
 # the distance of one level's detail bands: the mean over their elements of |d| or d² (d = student − teacher)
 DISTANCES = {'l1': lambda difference: difference.abs().mean(), 'mse': lambda difference: difference.square().mean()}
 
 
 @LOSS_REGISTRY.register()
-class KDWaveKDLoss(nn.Module):
+class KDWaveKDLoss(KDHaarDWTLoss):
     """Wavelet knowledge distillation (Zhang et al., Wavelet Knowledge Distillation: Towards Efficient Image-to-Image
     Translation, CVPR 2022): the student's output is distilled on the high-frequency bands of a K-level discrete
     wavelet transform only; the low-frequency band is not distilled (the paper's abstract). The distance is L1, as
@@ -26,7 +25,7 @@ class KDWaveKDLoss(nn.Module):
     three bands, positions), as the authors' ``F.l1_loss(teacher_h[k], student_h[k])`` on pytorch_wavelets' (N, C,
     3, H_k, W_k) bands; the K terms are summed (not averaged) and multiplied by ``loss_weight``. A coarse level thus
     weighs as much as a fine one although it holds 4x fewer coefficients. The DWT is linear, so the loss is computed
-    from the DWT of ``pred - target``: one transform instead of two.
+    from the DWT of ``pred - target`` (``KDHaarDWTLoss.bands``, as MTKD's loss): one transform instead of two.
 
     Where this differs from the authors' code: odd sizes repeat the last row/column before a level (PyWavelets'
     'symmetric' mode for Haar, as ``haar_dwt``) where pytorch_wavelets' ``mode='zero'`` pads zeros; on sides
@@ -51,14 +50,10 @@ class KDWaveKDLoss(nn.Module):
     """
 
     def __init__(self, levels=4, distance='l1', loss_weight=1.0):
-        super().__init__()
-        check_levels(levels)
+        super().__init__(levels, loss_weight)
         if distance not in DISTANCES:
             raise ValueError(f'distance = {distance!r}: use one of {list(DISTANCES)}')
-        self.levels = levels
         self.distance = distance
-        self.loss_weight = loss_weight
-        self.register_buffer('basis', haar_basis(), persistent=False)  # moves with the loss: no copy per step
 
     def forward(self, pred, target):
         """
@@ -69,9 +64,6 @@ class KDWaveKDLoss(nn.Module):
         Returns:
             Tensor: The weighted scalar loss.
         """
-        if pred.shape != target.shape:
-            raise ValueError(f'pred and target must have the same shape, got {tuple(pred.shape)} and '
-                             f'{tuple(target.shape)}')
-        _, details = haar_dwt(pred - target, self.levels, self.basis.to(pred))
+        _, details = self.bands(pred, target)
         distance = DISTANCES[self.distance]
         return self.loss_weight * sum(distance(detail) for detail in details)
