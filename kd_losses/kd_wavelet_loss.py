@@ -79,8 +79,34 @@ def haar_idwt(ll, details, size=None):
     return ll
 
 
+class KDHaarDWTLoss(nn.Module):
+    """Base of the losses computed on the Haar DWT of a student's output minus its target (MTKD's ``KDWaveletLoss``,
+    WaveKD's ``KDWaveKDLoss``); not registered. Holds ``levels`` (K), ``loss_weight`` and the Haar filters (a buffer,
+    so they move with the loss: no copy per step).
+
+    Args:
+        levels (int): Decomposition levels K >= 1.
+        loss_weight (float): The loss's weight.
+    """
+
+    def __init__(self, levels, loss_weight):
+        super().__init__()
+        check_levels(levels)
+        self.levels = levels
+        self.loss_weight = loss_weight
+        self.register_buffer('basis', haar_basis(), persistent=False)
+
+    def bands(self, pred, target):
+        """:func:`haar_dwt` of ``pred - target`` (the DWT is linear: one transform instead of two), after checking
+        that the two have one shape: LL_K and the detail bands of levels 1 to K."""
+        if pred.shape != target.shape:
+            raise ValueError(f'pred and target must have the same shape, got {tuple(pred.shape)} and '
+                             f'{tuple(target.shape)}')
+        return haar_dwt(pred - target, self.levels, self.basis.to(pred))
+
+
 @LOSS_REGISTRY.register()
-class KDWaveletLoss(nn.Module):
+class KDWaveletLoss(KDHaarDWTLoss):
     """Wavelet distillation loss of MTKD (Jiang et al., MTKD: Multi-Teacher Knowledge Distillation for Image
     Super-Resolution, ECCV 2024; mtkd.txt Eq. 3)::
 
@@ -113,11 +139,7 @@ class KDWaveletLoss(nn.Module):
     """
 
     def __init__(self, levels=1, loss_weight=1.0):
-        super().__init__()
-        check_levels(levels)
-        self.levels = levels
-        self.loss_weight = loss_weight
-        self.register_buffer('basis', haar_basis(), persistent=False)  # moves with the loss: no copy per step
+        super().__init__(levels, loss_weight)
 
     def forward(self, pred, target):
         """
@@ -128,10 +150,7 @@ class KDWaveletLoss(nn.Module):
         Returns:
             Tensor: The weighted scalar loss.
         """
-        if pred.shape != target.shape:
-            raise ValueError(f'pred and target must have the same shape, got {tuple(pred.shape)} and '
-                             f'{tuple(target.shape)}')
-        ll, details = haar_dwt(pred - target, self.levels, self.basis.to(pred))
+        ll, details = self.bands(pred, target)
         # the three detail bands of a level have the same size: the sum of their means is 3 x the mean of the stack
         band_sum = ll.abs().mean() + sum(3 * detail.abs().mean() for detail in details)
         return self.loss_weight * band_sum / (3 * self.levels + 1)

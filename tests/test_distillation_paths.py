@@ -1,5 +1,5 @@
-"""The distillation terms of DCKD, FACD, MTKD (stage 2), SKD and SLKD carry gradient to the student: for each term
-alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of the
+"""The distillation terms of DCKD, FACD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student: for each
+term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of the
 same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the parameters
 that receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers the
 paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term
@@ -10,6 +10,7 @@ from torch import nn
 
 import test_mtkd_model
 import test_skd_model
+import test_wavekd_model
 from conftest import build_model_from, random_batch, shrink_option
 from test_dckd_model import dckd_opt  # noqa: F401  (a fixture)
 from test_feature_model import shrunk_feature_opt
@@ -182,3 +183,10 @@ def test_slkd_terms_reach_the_student_and_their_own_scale_conversion_module(tmp_
     expected_student = names_of(student) - (names_of(student, *downstream) if downstream else set())
     assert receivers == {'g': expected_student,
                          **{scm: names_of(model.helpers[scm]) if scm in scms else set() for scm in ('scm_e', 'scm_d')}}
+
+
+# ------------------------------------------------------------------------------------------------------- WaveKD
+def test_wavekd_term_reaches_every_student_parameter(tmp_path):
+    model = built(test_wavekd_model.wavekd_opt(tmp_path, '/nonexistent'), tmp_path)
+    receivers = check_gradient_path(model, ['l_wave'], ['patch_embed.proj.weight', 'output.weight'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g)}
