@@ -65,8 +65,9 @@ def test_only_the_fork_is_importable(fork):
                                                 ('slkd_restormer_derain.yml', 'KDSLKDModel'),
                                                 ('dckd_star_swinir_x4.yml', 'KDDCKDModel'),
                                                 ('mtkd_edsr_x2.yml', 'KDMTKDModel'),
-                                                ('skd_restormer_derain.yml', 'KDSKDModel')],
-                         ids=['logits', 'fitnet', 'facd', 'slkd', 'dckd', 'mtkd', 'skd'])
+                                                ('skd_restormer_derain.yml', 'KDSKDModel'),
+                                                ('lsfd_edsr_x2.yml', 'KDFeatureModel')],
+                         ids=['logits', 'fitnet', 'facd', 'slkd', 'dckd', 'mtkd', 'skd', 'lsfd'])
 def test_copied_files_train_with_the_forks_train_py(fork, demo_root, restoration_root, tmp_path, option, model_type):
     name = f'fork_{option.split("_")[0]}'
     opt = load_option(os.path.join(OPTIONS, option))
