@@ -286,9 +286,13 @@ class KDBaseModel(SRModel):
                                  f'{"one of " if len(accepted) > 1 else ""}{", ".join(accepted)} there')
 
     def build_train_loss(self, key, loss_opt=None):
-        """The loss ``train.<key>`` (or ``loss_opt``, the dict it holds) on the device; None when it is not set."""
+        """The loss ``train.<key>`` (or ``loss_opt``, the dict it holds) on the device; None when it is not set. A value
+        the loss refuses (its ValueError) is reported with the key."""
         loss_opt = self.opt['train'].get(key) if loss_opt is None else loss_opt
-        return build_loss(loss_opt).to(self.device) if loss_opt else None
+        try:
+            return build_loss(loss_opt).to(self.device) if loss_opt else None
+        except ValueError as error:
+            raise ValueError(f'train.{key}: {error}') from error
 
     # ----------------------------------------------------------------------------------------------- networks
     def teacher_names(self):
@@ -493,6 +497,29 @@ class KDBaseModel(SRModel):
     def check_tapped_features(self, features):
         """Called once before the first step with ``probe_taps()``'s {name: [tapped features]}: a method checks its
         taps' channels and sizes there (naming the option keys). Default: nothing."""
+
+    def check_paired_taps(self, features, regressor=False, same_channels=False):
+        """For a method that pairs the student's taps (``g``) with the teacher's (``t``) by index, on the probe
+        features: with ``regressor``, ``network_reg`` maps each student tap's channels to its teacher tap's
+        (``in_channels``/``out_channels``); otherwise ``same_channels`` asks for equal channels (a loss that compares
+        the features element-wise); paired maps share their spatial size. Each failure names the option keys."""
+        student, teacher = features['g'], features['t']
+        paths_g, paths_t = self.taps['g'].paths, self.taps['t'].paths
+        if regressor:
+            reg_opt = self.opt['network_reg']
+            for key, net, maps in (('in_channels', 'network_g', student), ('out_channels', 'network_t', teacher)):
+                channels = [feature.shape[1] for feature in maps]
+                if list(reg_opt.get(key) or []) != channels:
+                    raise ValueError(f'network_reg.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
+                                     f'{self.opt["train"]["feature_taps"][net]} have {channels} channels')
+        for path_g, path_t, feature_g, feature_t in zip(paths_g, paths_t, student, teacher):
+            if feature_g.shape[2:] != feature_t.shape[2:]:
+                raise ValueError(f'train.feature_taps: network_g.{path_g} gives {tuple(feature_g.shape[2:])} maps but '
+                                 f'network_t.{path_t} {tuple(feature_t.shape[2:])}; matching points must share a size')
+            if not regressor and same_channels and feature_g.shape[1] != feature_t.shape[1]:
+                raise ValueError(f'train.feature_taps: network_g.{path_g} has {feature_g.shape[1]} channels but '
+                                 f'network_t.{path_t} {feature_t.shape[1]}; train.feature_opt compares them element '
+                                 'by element: add a regressor network_reg (KDConvRegressor) to map them')
 
     # ----------------------------------------------------------------------------------------------- training
     def setup_optimizers(self):

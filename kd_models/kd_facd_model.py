@@ -89,16 +89,7 @@ class KDFACDModel(KDBaseModel):
         if not reg_opt.get('normalize_input', False):
             raise ValueError('network_reg.normalize_input must be true: Eq. 3 normalises each sample\'s student '
                              'feature map before DR (the teacher\'s are normalised in the loss)')
-        student, teacher = features['g'], features['t']
-        for key, net, maps in (('in_channels', 'network_g', student), ('out_channels', 'network_t', teacher)):
-            channels = [feature.shape[1] for feature in maps]
-            if list(reg_opt.get(key) or []) != channels:
-                raise ValueError(f'network_reg.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
-                                 f'{self.opt["train"]["feature_taps"][net]} have {channels} channels')
-        for path_g, path_t, feature_g, feature_t in zip(taps_g.paths, taps_t.paths, student, teacher):
-            if feature_g.shape[2:] != feature_t.shape[2:]:
-                raise ValueError(f'train.feature_taps: network_g.{path_g} gives {tuple(feature_g.shape[2:])} maps but '
-                                 f'network_t.{path_t} {tuple(feature_t.shape[2:])}; matching points must share a size')
+        self.check_paired_taps(features, regressor=True)
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)

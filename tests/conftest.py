@@ -218,6 +218,20 @@ def two_rank_run(opt, cwd, script=RECORDING_TRAIN):
     return init, final, result
 
 
+def assert_regressor_method_resumes(opt, cwd):
+    """A method with a trainable regressor (``opt``: a ``KDRecording*`` model type), stopped after 2 iterations and
+    resumed: the student and ``network_reg`` continue from their iteration-2 weights, the optimiser (the student's
+    group and the regressor's) and scheduler from their saved states, and the regressor trains on."""
+    saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, cwd)
+    for name in ('g', 'reg'):
+        assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
+    assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the regressor's
+    assert_optimisers_resumed(saved, resumed)
+    reg_at_3 = torch.load(os.path.join(cwd, 'experiments', opt['name'], 'models', 'net_reg_latest.pth'),
+                          weights_only=True)
+    assert differing_tensors(reg_at_3['params'], at_iter_2['reg'])  # and it trains on after the resume
+
+
 def assert_optimisers_resumed(saved, resumed):
     """The optimisers' groups and moments and the schedulers a resumed run holds equal those saved."""
     assert len(saved['optimizers']) == len(resumed['optimizers']) and saved['schedulers'] == resumed['schedulers']

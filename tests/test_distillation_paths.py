@@ -1,7 +1,7 @@
-"""The distillation terms of DCKD, FACD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student: for each
-term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of the
-same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the parameters
-that receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers the
+"""The distillation terms of DCKD, FACD, LSFD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student: for
+each term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of
+the same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the
+parameters that receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers the
 paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term
 fails here, whatever the value of the loss it logs."""
 import pytest
@@ -134,6 +134,22 @@ def test_facd_term_reaches_the_student_up_to_its_last_tap_and_the_whole_regresso
     model = built(opt, tmp_path)
     receivers = check_gradient_path(model, ['l_facd'], ['conv_first.weight', 'body.4.conv2.weight',
                                                         'conv_after_body.bias'], **FLOAT64)
+    student = model.net_g
+    assert receivers == {'g': names_of(student) - names_of(student, 'upsample.', 'conv_last.'),
+                         'reg': names_of(model.helpers['reg'])}
+
+
+# --------------------------------------------------------------------------------------------------------- LSFD
+def test_lsfd_term_reaches_the_student_up_to_its_last_tap_and_the_whole_regressor(demo_root, tmp_path):
+    opt = shrunk_feature_opt('lsfd', demo_root, tmp_path)
+    # finite differences move the attention with the features: they check the attention differentiated (the option
+    # files keep it a constant weight, detach_attention: true)
+    opt['train']['feature_opt']['detach_attention'] = False
+    model = built(opt, tmp_path)
+    # a step of 1e-8: at 1e-6 the random five-layer regressor's many hidden values near zero cross PReLU's kink
+    # (0.4 % off on conv_first, whose step the 255 input range amplifies; 1e-8 and 1e-9 agree with autograd)
+    receivers = check_gradient_path(model, ['l_feat'], ['conv_first.weight', 'body.4.conv2.weight',
+                                                        'conv_after_body.bias'], **{**FLOAT64, 'eps': 1e-8})
     student = model.net_g
     assert receivers == {'g': names_of(student) - names_of(student, 'upsample.', 'conv_last.'),
                          'reg': names_of(model.helpers['reg'])}

@@ -1,8 +1,9 @@
-"""FitNet, AT and FAKD losses and the FitNet regressor against direct computations of their formulas on fixed inputs.
+"""FitNet, AT, FAKD and LFD/LSFD losses and the regressor against direct computations of their formulas on fixed inputs.
 
 The ``*_reference`` functions are the papers' equations written densely in plain torch; test_feature_model.py
 reuses them to recompute the losses a training step logs.
 """
+import itertools
 import math
 
 import pytest
@@ -53,6 +54,148 @@ def attention_transfer_reference(students, teachers, beta, loss_weight):
 def hint_reference(students, teachers, loss_weight):
     """FitNet: loss_weight · Σ_taps mean((r(F_S) − F_T)²), the students already regressed."""
     return loss_weight * sum(((s - t)**2).sum() / s.numel() for s, t in zip(students, teachers))
+
+
+def local_selective_reference(students, teachers, selective, temperature, loss_weight):
+    """LFD/LSFD: loss_weight · Σ_taps Σ_{b,c,p} a_bp |R − T| / (B·C·HW), a_bp = HW · e^{r_bp/τ} / Σ_q e^{r_bq/τ} with
+    r = d / mean_p d and d the channel mean of |R − T| (a_bp = 1 for LFD), the students already regressed."""
+    total = 0
+    for s, t in zip(students, teachers):
+        distance = (s - t).abs()
+        positions = distance[0, 0].numel()
+        weights = torch.ones_like(distance[:, :1])
+        if selective:
+            difference = distance.sum(1, keepdim=True) / distance.shape[1]
+            ratio = difference / (difference.sum((2, 3), keepdim=True) / positions)
+            exponentials = torch.exp(ratio / temperature)
+            weights = positions * exponentials / exponentials.sum((2, 3), keepdim=True)
+        total = total + (weights * distance).sum() / distance.numel()
+    return loss_weight * total
+
+
+def lsfd_weights_by_loops(distance, temperature):
+    """a[b][p] of one tap from its |R − T| as nested lists [b][c][p], position by position."""
+    weights = []
+    for sample in distance:
+        channels, positions = len(sample), len(sample[0])
+        difference = [sum(sample[c][p] for c in range(channels)) / channels for p in range(positions)]
+        mean = sum(difference) / positions
+        exponentials = [math.exp(d / mean / temperature) for d in difference]
+        weights.append([positions * e / sum(exponentials) for e in exponentials])
+    return weights
+
+
+def lsfd_by_loops(students, teachers, selective, temperature, loss_weight):
+    """LFD/LSFD one sample, channel and position at a time (float64 lists)."""
+    total = 0.0
+    for s, t in zip(students, teachers):
+        batch, channels = s.shape[:2]
+        distance = [[[abs(a - b) for a, b in zip(s[i, c].flatten().tolist(), t[i, c].flatten().tolist())]
+                     for c in range(channels)] for i in range(batch)]
+        positions = len(distance[0][0])
+        weights = lsfd_weights_by_loops(distance, temperature) if selective else [[1.0] * positions] * batch
+        total += sum(weights[i][p] * distance[i][c][p] for i in range(batch) for c in range(channels)
+                     for p in range(positions)) / (batch * channels * positions)
+    return loss_weight * total
+
+
+# ----------------------------------------------------------------------------------------------------- LFD / LSFD
+LSFD_TAPS = ((2, 3, 3, 4), (2, 2, 2, 2))  # two taps: 2 samples, 3 channels, 3x4 positions; then 2 channels, 2x2
+
+
+def lsfd_inputs():
+    students = [fixed(*shape, seed=20 + i) for i, shape in enumerate(LSFD_TAPS)]
+    teachers = [fixed(*shape, seed=30 + i) for i, shape in enumerate(LSFD_TAPS)]
+    return students, teachers
+
+
+@pytest.mark.parametrize('selective, temperature, loss_weight', list(itertools.product([True, False], [0.5, 3.0],
+                                                                                       [1.0, 0.25])))
+def test_local_selective_loss_matches_the_loop_definition(selective, temperature, loss_weight):
+    students, teachers = lsfd_inputs()
+    by_loops = lsfd_by_loops(students, teachers, selective, temperature, loss_weight)
+    reference = local_selective_reference(students, teachers, selective, temperature, loss_weight)
+    assert reference.item() == pytest.approx(by_loops, rel=1e-12)
+    for detach in (True, False):  # the value does not depend on whether the attention is differentiated
+        value = loss('KDLocalSelectiveFeatureLoss', selective=selective, temperature=temperature,
+                     detach_attention=detach, loss_weight=loss_weight)(students, teachers)
+        assert value.item() == pytest.approx(by_loops, rel=1e-12)
+
+
+def test_local_selective_attention_concentrates_as_the_temperature_falls():
+    """τ = 0.5 puts more weight on the largest differences than τ = 3, and a large τ tends to LFD."""
+    students, teachers = lsfd_inputs()
+    distance = [[[abs(a - b) for a, b in zip(s.flatten().tolist(), t.flatten().tolist())] for s, t in zip(ss, ts)]
+                for ss, ts in zip(students[0], teachers[0])]  # [b][c][p] of tap 0
+    sharp, soft = lsfd_weights_by_loops(distance, 0.5), lsfd_weights_by_loops(distance, 3.0)
+    assert max(sharp[0]) > max(soft[0]) > 1 > min(soft[0]) > min(sharp[0])
+    assert lsfd_by_loops(students, teachers, True, 0.5, 1) > lsfd_by_loops(students, teachers, True, 3.0, 1) > \
+        lsfd_by_loops(students, teachers, False, 1.0, 1)
+    almost_lfd = loss('KDLocalSelectiveFeatureLoss', temperature=1e6)(students, teachers).item()
+    assert almost_lfd == pytest.approx(lsfd_by_loops(students, teachers, False, 1.0, 1), rel=1e-5)
+
+
+@pytest.mark.parametrize('temperature', [0.5, 3.0])
+def test_local_selective_gradient_treats_the_attention_as_a_weight_unless_asked(temperature):
+    """detach_attention: true: dL/dR_bcp = w · a_bp · sign(R_bcp − T_bcp) / (B·C·HW), a_bp constant (by loops);
+    false: the derivative of the whole definition, attention included (central differences of the loop definition)."""
+    students, teachers = lsfd_inputs()
+    leaves = [s.clone().requires_grad_() for s in students]
+    value = loss('KDLocalSelectiveFeatureLoss', temperature=temperature, loss_weight=2.0)(leaves, teachers)
+    grads = torch.autograd.grad(value, leaves)
+    for s, t, grad in zip(students, teachers, grads):
+        batch, channels = s.shape[:2]
+        distance = [[[abs(a - b) for a, b in zip(s[i, c].flatten().tolist(), t[i, c].flatten().tolist())]
+                     for c in range(channels)] for i in range(batch)]
+        weights = lsfd_weights_by_loops(distance, temperature)
+        positions = len(weights[0])
+        for i, c, p in itertools.product(range(batch), range(channels), range(positions)):
+            sign = math.copysign(1.0, s[i, c].flatten()[p].item() - t[i, c].flatten()[p].item())
+            expected = 2.0 * weights[i][p] * sign / (batch * channels * positions)
+            assert grad[i, c].flatten()[p].item() == pytest.approx(expected, rel=1e-9)
+
+    leaves = [s.clone().requires_grad_() for s in students]
+    value = loss('KDLocalSelectiveFeatureLoss', temperature=temperature, detach_attention=False,
+                 loss_weight=2.0)(leaves, teachers)
+    grads = torch.autograd.grad(value, leaves)
+    eps = 1e-6
+    for tap, index in itertools.product(range(2), [(1, 0, 1, 1), (0, 1, 0, 0)]):
+        shifted = []
+        for step in (eps, -eps):
+            moved = [s.clone() for s in students]
+            moved[tap][index] += step
+            shifted.append(lsfd_by_loops(moved, teachers, True, temperature, 2.0))
+        difference = (shifted[0] - shifted[1]) / (2 * eps)
+        assert grads[tap][index].item() == pytest.approx(difference, rel=1e-6, abs=1e-10)
+    detached = [s.clone().requires_grad_() for s in students]
+    plain = torch.autograd.grad(loss('KDLocalSelectiveFeatureLoss', temperature=temperature,
+                                     loss_weight=2.0)(detached, teachers), detached)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, plain)), 'the attention carried no gradient'
+
+
+def test_local_selective_loss_of_identical_features_is_zero_and_finite():
+    """No difference anywhere: a 0/0 attention would be NaN; the weights are uniform and the loss and gradient 0."""
+    feature = fixed(2, 3, 4, 4, seed=40)
+    student = feature.clone().requires_grad_()
+    value = loss('KDLocalSelectiveFeatureLoss', detach_attention=False)([student], [feature])
+    value.backward()
+    assert value.item() == 0 and torch.isfinite(student.grad).all()
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    ({'temperature': 0}, 'temperature must be positive, got 0'),
+    ({'temperature': -1.0}, 'temperature must be positive, got -1.0'),
+    ({'selective': 'yes'}, "selective must be true or false, got 'yes'"),
+    ({'detach_attention': 1}, 'detach_attention must be true or false, got 1'),
+])
+def test_local_selective_loss_refuses_bad_arguments_naming_them(kwargs, words):
+    with pytest.raises(ValueError, match=f'KDLocalSelectiveFeatureLoss: {words}'):
+        loss('KDLocalSelectiveFeatureLoss', **kwargs)
+
+
+def test_local_selective_loss_refuses_unregressed_channels():
+    with pytest.raises(ValueError, match='tap 0 .*add a regressor network_reg'):
+        loss('KDLocalSelectiveFeatureLoss')([fixed(1, 3, 4, 4)], [fixed(1, 8, 4, 4)])
 
 
 # ------------------------------------------------------------------------------------------------------------ FAKD
@@ -167,6 +310,7 @@ def test_single_layer_regressor_is_one_1x1_convolution():
     ('KDHintLoss', {}, 4),
     ('KDAttentionTransferLoss', {'beta': 1000}, 6),
     ('KDSpatialAffinityLoss', {'chunk_size': 7, 'loss_weight': 10}, 6),
+    ('KDLocalSelectiveFeatureLoss', {'temperature': 2.0}, 4),
 ])
 def test_student_features_get_finite_nonzero_gradients(name, kwargs, teacher_channels):
     students = [fixed(2, 4, 6, 6, seed=13, dtype=torch.float32).requires_grad_(),

@@ -1,9 +1,11 @@
-"""KDFeatureModel in-process on the shrunk FitNet, AT and FAKD option files: the taps hold the configured modules'
-outputs, every logged loss equals an independent recomputation, the regressor trains and the teacher does not.
+"""KDFeatureModel in-process on the shrunk FitNet, AT, FAKD and LSFD option files: the taps hold the configured modules'
+outputs, every logged loss equals an independent recomputation, the regressor trains and the teacher does not; a
+regressor or tap pairing that does not fit, and a loss argument the loss refuses, stop the build naming the key.
 
 Covered elsewhere, not repeated here: the 2-iteration ``train.py`` run of every option file (test_option_files.py),
-FitNet's regressor kept identical on two torchrun ranks (test_distributed.py) and resumed from ``net_reg_<iter>.pth``
-(test_resume.py).
+FitNet's and LSFD's regressors kept identical on two torchrun ranks (test_distributed.py), FitNet's resumed from
+``net_reg_<iter>.pth`` (test_resume.py; LSFD's here), LSFD's term reaching the student and the whole regressor
+(test_distillation_paths.py).
 """
 import os
 
@@ -11,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (OPTIONS, build_model_from, load_option, random_batch, same_tensors, save_random_weights,
-                      shrink_option, snapshot)
-from test_feature_losses import attention_transfer_reference, hint_reference, spatial_affinity_reference
+from conftest import (OPTIONS, assert_regressor_method_resumes, build_model_from, load_option, random_batch,
+                      same_tensors, save_random_weights, shrink_option, snapshot)
+from test_feature_losses import (attention_transfer_reference, hint_reference, local_selective_reference,
+                                 spatial_affinity_reference)
 
-TEACHER_WIDTH = 24  # the shrunk student has 16 channels: the regressor (FitNet) and the losses (AT, FAKD) must bridge
+REGRESSED = ('fitnet', 'lsfd')  # the methods whose student features go through network_reg
+TEACHER_WIDTH = 24  # the shrunk student has 16 channels: the regressor (FitNet, LSFD) or the loss (AT, FAKD) bridges
 
 
 def shrunk_feature_opt(method, demo_root, tmp_path, name=None):
@@ -47,9 +51,20 @@ def edsr_features(net, lq, paths):
 
 
 def regress_by_hand(state, students):
-    """FitNet's 1x1 regressor from its state dict: out[o] = Σ_c W[o, c] · in[c] + b[o] per tap."""
-    return [torch.einsum('oc,bchw->bohw', state[f'regressors.{i}.0.weight'][:, :, 0, 0], s)
-            + state[f'regressors.{i}.0.bias'].view(1, -1, 1, 1) for i, s in enumerate(students)]
+    """The 1x1 regressor from its state dict, per tap: out[o] = Σ_c W[o, c] · in[c] + b[o] for each convolution
+    (FitNet: one), with PReLU x ↦ max(x, 0) + a[o] · min(x, 0) between them (LSFD: five convolutions)."""
+    outputs = []
+    for i, x in enumerate(students):
+        layers = sorted({int(key.split('.')[2]) for key in state if key.startswith(f'regressors.{i}.')})
+        for layer in layers:
+            prefix = f'regressors.{i}.{layer}.'
+            if prefix + 'bias' in state:
+                x = torch.einsum('oc,bchw->bohw', state[prefix + 'weight'][:, :, 0, 0], x) \
+                    + state[prefix + 'bias'].view(1, -1, 1, 1)
+            else:
+                x = x.clamp(min=0) + state[prefix + 'weight'].view(1, -1, 1, 1) * x.clamp(max=0)
+        outputs.append(x)
+    return outputs
 
 
 def expected_feature_loss(method, opt, students, teachers, regressor_state):
@@ -58,6 +73,9 @@ def expected_feature_loss(method, opt, students, teachers, regressor_state):
         return hint_reference(regress_by_hand(regressor_state, students), teachers, feature_opt['loss_weight'])
     if method == 'at':
         return attention_transfer_reference(students, teachers, feature_opt['beta'], feature_opt['loss_weight'])
+    if method == 'lsfd':
+        return local_selective_reference(regress_by_hand(regressor_state, students), teachers, feature_opt['selective'],
+                                         feature_opt['temperature'], feature_opt['loss_weight'])
     return spatial_affinity_reference(students, teachers, feature_opt['loss_weight'])
 
 
@@ -65,6 +83,7 @@ def expected_feature_loss(method, opt, students, teachers, regressor_state):
     ('fitnet', ['l_pix', 'l_kd', 'l_feat']),
     ('at', ['l_pix', 'l_feat']),  # AT distils features only: no output term
     ('fakd', ['l_pix', 'l_kd', 'l_feat']),
+    ('lsfd', ['l_pix', 'l_kd', 'l_feat']),
 ])
 def test_steps_tap_the_configured_modules_and_log_the_method_losses(method, terms, demo_root, tmp_path):
     opt = shrunk_feature_opt(method, demo_root, tmp_path)
@@ -72,16 +91,16 @@ def test_steps_tap_the_configured_modules_and_log_the_method_losses(method, term
         opt['train']['feature_opt']['chunk_size'] = 100  # 16x16 LR patches: 256 rows of A in chunks 100, 100, 56
     model = build_model_from(opt, str(tmp_path / 'exp'))
     student, teacher = model.net_g, model.teachers['t']
-    assert ('reg' in model.helpers) == (method == 'fitnet')
+    assert ('reg' in model.helpers) == (method in REGRESSED)
     taps = opt['train']['feature_taps']
     teacher_before, student_before = snapshot(teacher), snapshot(student)
-    regressor_before = snapshot(model.helpers['reg']) if method == 'fitnet' else None
+    regressor_before = snapshot(model.helpers['reg']) if method in REGRESSED else None
     weights = {name: opt['train'][f'{name}_opt']['loss_weight'] for name in ('pixel', 'kd')
                if f'{name}_opt' in opt['train']}
 
     for step in (1, 2):
         batch = random_batch(seed=step)
-        regressor_state = snapshot(model.helpers['reg']) if method == 'fitnet' else None
+        regressor_state = snapshot(model.helpers['reg']) if method in REGRESSED else None
         with torch.no_grad():  # the networks as they are before this step, run by the test itself
             student_out, teacher_out = student(batch['lq']), teacher(batch['lq'])
             expected_s = edsr_features(student, batch['lq'], taps['network_g'])
@@ -108,7 +127,7 @@ def test_steps_tap_the_configured_modules_and_log_the_method_losses(method, term
     assert same_tensors(snapshot(teacher), teacher_before)
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert not same_tensors(snapshot(student), student_before)
-    if method == 'fitnet':
+    if method in REGRESSED:
         regressor_after = snapshot(model.helpers['reg'])
         changed = [k for k in regressor_before if not torch.equal(regressor_before[k], regressor_after[k])]
         assert sorted(changed) == sorted(regressor_before), 'every regressor weight must train'
@@ -123,3 +142,28 @@ def test_taps_out_of_execution_order_are_refused_before_the_first_step(demo_root
                        r": list each module once, in the order it runs in the forward pass, input side first .*: "
                        r"\['body.10', 'body.20', 'conv_after_body'\]"):
         build_model_from(opt, str(tmp_path / 'exp'))
+
+
+@pytest.mark.parametrize('change, words', [
+    (lambda opt: opt['network_reg'].update(out_channels=[24, 24, 16]),
+     r"network_reg.out_channels = \[24, 24, 16\] but the taps train.feature_taps.network_t = "
+     r"\['body.10', 'body.20', 'conv_after_body'\] have \[24, 24, 24\] channels"),
+    (lambda opt: opt.pop('network_reg'),
+     r"train.feature_taps: network_g.body.4 has 16 channels but network_t.body.10 24; train.feature_opt compares "
+     r"them element by element: add a regressor network_reg"),
+    (lambda opt: opt['train']['feature_opt'].update(temperature=0),
+     r'train.feature_opt: KDLocalSelectiveFeatureLoss: temperature must be positive, got 0'),
+    (lambda opt: opt['train']['feature_opt'].update(selective='no'),
+     r"train.feature_opt: KDLocalSelectiveFeatureLoss: selective must be true or false, got 'no'"),
+], ids=['regressor of other channels', 'no regressor', 'temperature 0', 'selective not a bool'])
+def test_a_configuration_that_does_not_fit_stops_the_build_naming_the_key(change, words, demo_root, tmp_path):
+    opt = shrunk_feature_opt('lsfd', demo_root, tmp_path)
+    change(opt)
+    with pytest.raises(ValueError, match=words):
+        build_model_from(opt, str(tmp_path / 'exp'))
+
+
+def test_lsfd_auto_resume_restores_the_regressor_student_and_optimiser(demo_root, tmp_path):
+    opt = shrunk_feature_opt('lsfd', demo_root, tmp_path, 'resume')
+    opt['model_type'] = 'KDRecordingFeatureModel'
+    assert_regressor_method_resumes(opt, str(tmp_path))

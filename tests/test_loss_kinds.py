@@ -56,7 +56,7 @@ def test_a_pixel_key_takes_pixel_losses_only_and_a_tap_key_every_tap_loss():
     assert sorted(pixel) == sorted(PIXEL_LOSSES)  # not WeightedTVLoss, a subclass of L1Loss that takes one image
     taps = sorted(name for name, cls in LOSS_REGISTRY if accepts_loss(cls, ('KDTapLoss', )))
     assert taps == ['KDAttentionTransferLoss', 'KDEdgeTextureLoss', 'KDGaussianKernelLoss', 'KDHintLoss',
-                    'KDNaturalnessLoss', 'KDSpatialAffinityLoss']
+                    'KDLocalSelectiveFeatureLoss', 'KDNaturalnessLoss', 'KDSpatialAffinityLoss']
 
 
 def test_the_message_lists_the_losses_the_key_takes(logits_opt, tmp_path):
