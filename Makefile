@@ -1,10 +1,11 @@
-# Two entry points on a fresh machine: `make demo` (set up, then the CPU demo) and `make test` (set up, then pytest).
+# Two entry points on a fresh machine: `make demo` (set up, then the CPU demo) and `make test` (set up, then pytest);
+# `make compare` trains every method side by side on the demo (README "Every method on the demo").
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test
+.PHONY: setup demo compare test
 
 setup: $(STAMP)
 
@@ -20,6 +21,10 @@ $(STAMP): requirements.txt setup.py Makefile
 
 demo: setup
 	$(PY) -m basicsr_kd.demo
+
+# every method side by side on the demo (about an hour on 2 cores; not part of `make test`, which runs it shrunk)
+compare: setup
+	$(PY) -m basicsr_kd.demo_compare
 
 test: setup
 	$(PY) -m pytest -q tests

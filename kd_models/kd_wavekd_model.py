@@ -34,10 +34,7 @@ class KDWaveKDModel(KDLogitsModel):
             raise ValueError('KDWaveKDModel needs train.wavelet_opt, the wavelet loss between student and teacher '
                              'outputs (e.g. {type: KDWaveKDLoss, levels: 4, loss_weight: 0.4})')
         super().init_training_settings()
-        try:
-            self.cri_wave = self.build_train_loss('wavelet_opt')
-        except ValueError as error:  # a value KDWaveKDLoss refuses (levels, distance): name the key it came from
-            raise ValueError(f'train.wavelet_opt: {error}') from None
+        self.cri_wave = self.build_train_loss('wavelet_opt')  # a value the loss refuses is reported with the key
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)
