@@ -5,9 +5,10 @@ KD, SLKD and SKD; several seeds each, the same data, iterations, schedule and EM
     python -m basicsr_kd.demo_compare [--seeds 0 1 2] [--iterations N] [--methods logits dckd ...] [--jobs 2]
     make compare
 
-Writes under ``--out`` (default ``demo_output/compare``): ``results.md`` (PSNR/SSIM on Y of the EMA weights over the
-validation images, mean ± standard deviation over seeds, the gain over scratch and over Logits KD paired by seed,
-the mean logged step time and its ratio to the scratch step of the task), ``gains.png`` (the paired gains with
+Writes under ``--out`` (default ``demo_output/compare``): ``results.md`` (PSNR/SSIM of the EMA weights over the
+validation images, on Y for SR and RGB for denoising, mean ± standard deviation over seeds, the gain over scratch
+and over Logits KD paired by seed, the mean logged step time and its ratio to the scratch step of the task),
+``gains.png`` (the paired gains with
 their spread) and ``crops_<task>.png`` (the validation region where the students differ most, with |error| maps).
 
 Every run is BasicSR's ``train.py`` on an option file of ``options/demo/`` (``basicsr_kd.demo_runs``): started
@@ -33,12 +34,12 @@ from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
 from basicsr_kd.demo import cut_tiles
 from basicsr_kd.demo_figures import crops_picture, gains_plot
-from basicsr_kd.demo_runs import ROOT, START, load_demo_option, load_net, read_rgb, say, scores, train, with_changes
+from basicsr_kd.demo_runs import ROOT, START, load_demo_option, load_net, read_rgb, say, train, with_changes
+from basicsr_kd.demo_runs import scores as image_scores
 from kd_models.kd_eval_model import forward_padded
 from datasets_prep.make_demo_restoration import build_demo_restoration_set, tile_folder
 from datasets_prep.make_demo_sr import build_demo_set
 
-STUDENT_ITERATIONS = 1000  # every student's iterations and cosine period, as the demo's (not yet fitted to 60 minutes)
 FROZEN_FOLDER = 'frozen'  # option files name their untrainable frozen networks' weights frozen/<file> (run cwd)
 
 
@@ -78,6 +79,7 @@ ARMS = (
 ARM = {arm.key: arm for arm in ARMS}
 BASELINE = {'sr': ('scratch', 'logits'), 'restoration': ('rest_scratch', 'rest_logits')}  # paired references
 TASK_LABEL = {'sr': 'x2 super-resolution', 'restoration': 'denoising'}
+METRIC_CHANNELS = {'sr': 'Y', 'restoration': 'RGB'}  # SR papers score Y; denoising (SIDD) scores RGB
 
 
 @dataclass
@@ -122,7 +124,8 @@ def plan_runs(arms, args, data):
     for seed in args.seeds:
         for arm in arms:
             if arm.seeded:
-                changes = {**data[arm.task], **common, **schedule(args.iterations), 'manual_seed': seed}
+                iterations = args.iterations or load_demo_option(arm.option)['train']['total_iter']
+                changes = {**data[arm.task], **common, **schedule(iterations), 'manual_seed': seed}
                 runs.append(Run(arm, run_name(arm, seed), seed, changes))
     return runs
 
@@ -225,8 +228,9 @@ def mean_sd(values, digits, sign=''):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='one student per method and seed')
-    parser.add_argument('--iterations', type=int, default=STUDENT_ITERATIONS,
-                        help='iterations (and cosine period) of every student (default: %(default)s)')
+    parser.add_argument('--iterations', type=int, default=None,
+                        help='iterations (and cosine period) of every student (default: the option files\', the same '
+                        'within a task)')
     parser.add_argument('--teacher-iterations', type=int, default=None,
                         help='iterations of every teacher and the MTKD aggregator (default: their option files\')')
     parser.add_argument('--methods', nargs='+', default=None,
@@ -312,9 +316,13 @@ def task_table(task, runs, outputs, params, steps, args):
     """Markdown rows of one task: the input (bicubic or noisy), teachers, then students with paired gains; and the
     students' {(key, seed): (PSNR, SSIM)}."""
     gts, border = [gt for _, _, gt in validation_pairs(task, args)], 2 if task == 'sr' else 0
-    first = input_row(task, args)
+    first, on = input_row(task, args), METRIC_CHANNELS[task]
+
+    def scores(outputs, targets, border):
+        return image_scores(outputs, targets, border, y_channel=on == 'Y')
+
     lines = [f'### {TASK_LABEL[task]}', '',
-             '| method | parameters | PSNR-Y (dB) | SSIM-Y | − scratch, paired (dB) | − Logits KD, paired (dB) '
+             f'| method | parameters | PSNR-{on} (dB) | SSIM-{on} | − scratch, paired (dB) | − Logits KD, paired (dB) '
              '| step (s) | step / scratch step |', '|---|---:|---:|---:|---:|---:|---:|---:|']
     psnr, ssim = scores(first[1], gts, border)
     lines.append(f'| {first[0]} | 0 | {psnr:.2f} | {ssim:.4f} | | | | |')
@@ -368,8 +376,8 @@ def main(argv=None):
     data = prepare_data(args)
     runs = plan_runs(arms, args, data)
     frozen = prepare_frozen(runs, args.frozen, args.out)
-    say(f'2/4 training {len(runs)} runs ({sum(not run.arm.seeded for run in runs)} teachers; students '
-        f'{args.iterations:,} iterations, seeds {args.seeds}), {args.jobs} at a time')
+    say(f'2/4 training {len(runs)} runs ({sum(not run.arm.seeded for run in runs)} teachers; students of seeds '
+        f'{args.seeds}), {args.jobs} at a time')
     steps = train_runs(runs, args)
     say('3/4 evaluation on the validation images')
     outputs, params = predict_all(runs, args)
@@ -377,8 +385,10 @@ def main(argv=None):
     tables, metrics = zip(*(task_table(task, runs, outputs, params, steps, args) for task in tasks))
     say('4/4 figures')
     figures = write_figures(tasks, runs, outputs, dict(zip(tasks, metrics)), args)
-    notes = [f'Students: {args.iterations:,} iterations, seeds {args.seeds}; ± is the standard deviation over seeds; '
-             'gains are differences of PSNR-Y paired by seed (same initial weights and patches). Step: mean seconds '
+    iterations = {run.arm.task: run.changes['train:total_iter'] for run in runs if run.arm.seeded}
+    notes = [f'Students: {", ".join(f"{TASK_LABEL[t]} {n:,}" for t, n in iterations.items())} iterations, seeds '
+             f'{args.seeds}; ± is the standard deviation over seeds; '
+             'gains are differences of PSNR paired by seed (same initial weights and patches). Step: mean seconds '
              'per iteration BasicSR logged, two runs at a time on one thread each.']
     notes += [f'Frozen network `{net}`: {source}.' for net, source in frozen.items()]
     text = '\n\n'.join([*tables, *notes, f'Wall time {time.time() - START:.0f} s.'])

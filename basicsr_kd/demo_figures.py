@@ -12,7 +12,7 @@ CROP = 40  # side of the crop in output pixels
 
 
 def gains_plot(tasks, arms, metrics, seeds, labels, path):
-    """Per task, each student's PSNR-Y gain over its scratch run paired by seed: bar = mean, whisker = standard
+    """Per task, each student's PSNR gain over its scratch run paired by seed: bar = mean, whisker = standard
     deviation, dots = seeds. ``arms[task]`` = (scratch key, [(key, label)]); ``metrics[task][key, seed]`` = (PSNR,
     SSIM)."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 0.5 + 0.4 * max(len(arms[t][1]) for t in tasks)),
@@ -29,7 +29,7 @@ def gains_plot(tasks, arms, metrics, seeds, labels, path):
             ax.plot(g, [row] * len(g), 'k.', markersize=4)
         ax.axvline(0, color='k', linewidth=0.8)
         ax.set_yticks(rows, [label for _, label in students])
-        ax.set_xlabel('PSNR-Y gain over scratch, paired by seed (dB)')
+        ax.set_xlabel('PSNR gain over scratch, paired by seed (dB; Y for SR, RGB for denoising)')
         ax.set_title(labels[task])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
