@@ -1,6 +1,6 @@
 """Every method side by side on the CPU demo: the x2 SR demo pair (EDSR teacher -> small EDSR student) from scratch
-and with each SR method, and a denoising demo pair (NAFNet teacher -> small NAFNet) from scratch, with Logits
-KD, SLKD and SKD; several seeds each, the same data, iterations, schedule and EMA within a task.
+and with each SR method and baseline, and a denoising demo pair (NAFNet teacher -> small NAFNet) from scratch, with
+Logits KD, WaveKD, SLKD and SKD; several seeds each, the same data, iterations, schedule and EMA within a task.
 
     python -m basicsr_kd.demo_compare [--seeds 0 1 2] [--iterations N] [--methods logits dckd ...] [--jobs 2]
     make compare
@@ -66,6 +66,7 @@ ARMS = (
     Arm('fitnet', 'FitNet', 'demo_student_fitnet_x2', 'sr', ('teacher', )),
     Arm('at', 'AT', 'demo_student_at_x2', 'sr', ('teacher', )),
     Arm('fakd', 'FAKD', 'demo_student_fakd_x2', 'sr', ('teacher', )),
+    Arm('lsfd', 'LSFD', 'demo_student_lsfd_x2', 'sr', ('teacher', )),
     Arm('facd', 'FACD', 'demo_student_facd_x2', 'sr', ('teacher', )),
     Arm('fcd', 'FCD', 'demo_student_fcd_x2', 'sr', ('teacher', )),
     Arm('dckd', 'DCKD', 'demo_student_dckd_x2', 'sr', ('teacher', )),
@@ -73,6 +74,7 @@ ARMS = (
     Arm('mtkd', 'MTKD', 'demo_student_mtkd_x2', 'sr', (*SR_TEACHERS, 'mtkd_stage1')),
     Arm('rest_scratch', 'from scratch', 'demo_restoration_scratch', 'restoration'),
     Arm('rest_logits', 'Logits KD', 'demo_restoration_logits', 'restoration', ('rest_teacher', )),
+    Arm('wavekd', 'WaveKD', 'demo_restoration_wavekd', 'restoration', ('rest_teacher', )),
     Arm('slkd', 'SLKD', 'demo_restoration_slkd', 'restoration', ('rest_teacher', )),
     Arm('skd', 'SKD', 'demo_restoration_skd', 'restoration', ('rest_teacher', )),
 )
@@ -124,16 +126,25 @@ def plan_runs(arms, args, data):
     for seed in args.seeds:
         for arm in arms:
             if arm.seeded:
-                iterations = args.iterations or load_demo_option(arm.option)['train']['total_iter']
-                changes = {**data[arm.task], **common, **schedule(iterations), 'manual_seed': seed}
+                opt = load_demo_option(arm.option)
+                iterations = args.iterations or opt['train']['total_iter']
+                changes = {**data[arm.task], **common, **schedule(iterations, opt), 'manual_seed': seed}
                 runs.append(Run(arm, run_name(arm, seed), seed, changes))
     return runs
 
 
-def schedule(iterations):
-    """Iterations, the cosine period and a training state every quarter (where a stopped run resumes)."""
-    return {'train:total_iter': iterations, 'train:scheduler:periods': [iterations],
-            'logger:save_checkpoint_freq': max(iterations // 4, 1)}
+def schedule(iterations, opt=None):
+    """Iterations, the cosine period and a training state every quarter (where a stopped run resumes); a DCKD
+    history schedule of ``opt`` (rows of (until iteration, every s iterations)) is scaled to the same fractions of
+    the run."""
+    changes = {'train:total_iter': iterations, 'train:scheduler:periods': [iterations],
+               'logger:save_checkpoint_freq': max(iterations // 4, 1)}
+    rows = (opt or {}).get('train', {}).get('history', {}).get('update_schedule')
+    if rows and iterations != opt['train']['total_iter']:
+        ratio = iterations / opt['train']['total_iter']
+        changes['train:history:update_schedule'] = [[max(round(until * ratio), 1), max(round(every * ratio), 1)]
+                                                    for until, every in rows]
+    return changes
 
 
 def frozen_networks(opt):
@@ -144,9 +155,10 @@ def frozen_networks(opt):
 
 def prepare_frozen(runs, given, out):
     """Point every ``frozen/`` weight path at the file given for it (``--frozen vqgan=PATH``: the network key
-    without ``network_``) or write random weights there, seeded, once (before any run starts: runs share them).
+    without ``network_``) or write seeded random weights there before any run starts (runs share them; the option
+    files that share a path must describe one network).
     Returns {network key: 'file PATH' | 'random weights (seeded)'} for the table."""
-    sources = {}
+    sources, written = {}, {}
     for run in runs:
         opt = with_changes(load_demo_option(run.arm.option), run.changes)
         for key, path in frozen_networks(opt).items():
@@ -157,9 +169,13 @@ def prepare_frozen(runs, given, out):
                 sources[short] = f'file {given[short]}'
                 continue
             target = os.path.join(out, path)
-            if not os.path.isfile(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
+            if target in written and written[target] != opt[key]:
+                raise SystemExit(f'{run.arm.option}.yml: {key} differs from {written[target]} of another option file '
+                                 f'that loads the same {path}')
+            if target not in written:  # rewritten by every call: bit-identical while the network stays the same
+                written[target] = opt[key]
                 torch.manual_seed(0)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 torch.save({'params': build_network(opt[key]).state_dict()}, target)
             sources[short] = 'random weights (seeded; no file given)'
     unused = set(given) - set(sources)

@@ -15,22 +15,23 @@ F16_1024_DDCONFIG = dict(
     ch_mult=[1, 1, 2, 2, 4],
     num_res_blocks=2,
     attn_resolutions=[16],
-    dropout=0.0)
+    dropout=0.0,
+    norm_groups=32)  # not a taming key: taming's Normalize always uses 32 GroupNorm groups
 INPUT_RANGES = ('[-1,1]', '[0,1]')
 
 
-def group_norm(channels):
-    return nn.GroupNorm(32, channels, eps=1e-6)
+def group_norm(channels, groups):
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """GroupNorm-swish-conv twice, plus a 1x1 conv shortcut when the channels change (no time embedding)."""
 
-    def __init__(self, in_channels, out_channels, dropout):
+    def __init__(self, in_channels, out_channels, dropout, norm_groups):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         if in_channels != out_channels:
@@ -45,9 +46,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions, with 1x1 conv projections and a residual."""
 
-    def __init__(self, channels):
+    def __init__(self, channels, norm_groups):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -86,6 +87,7 @@ class Encoder(nn.Module):
                  resolution,
                  z_channels,
                  dropout=0.0,
+                 norm_groups=32,
                  **ignored):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
@@ -95,19 +97,19 @@ class Encoder(nn.Module):
             down = nn.Module()
             down.block, down.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(num_res_blocks):
-                down.block.append(ResnetBlock(block_in, ch * mult, dropout))
+                down.block.append(ResnetBlock(block_in, ch * mult, dropout, norm_groups))
                 block_in = ch * mult
                 if res in attn_resolutions:
-                    down.attn.append(AttnBlock(block_in))
+                    down.attn.append(AttnBlock(block_in, norm_groups))
             if level != len(ch_mult) - 1:
                 down.downsample = Downsample(block_in)
                 res //= 2
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
-        self.norm_out = group_norm(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.mid.attn_1 = AttnBlock(block_in, norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, 1, 1)
 
     def forward(self, x):
@@ -142,7 +144,8 @@ class KDVQGANEncoder(nn.Module):
         embed_dim (int): Code dimension. Default: 256.
         n_embed (int): Codebook size. Default: 1024.
         ddconfig (dict | None): taming's ``ddconfig``; its keys override those of vqgan_imagenet_f16_1024
-            (``F16_1024_DDCONFIG``). Default: None.
+            (``F16_1024_DDCONFIG``), any other key is refused. One key is ours: ``norm_groups``, the GroupNorm
+            group count (taming's 32), which a narrow encoder (``ch`` below 32) must lower. Default: None.
         input_range (str): Range of the images given to forward: '[-1,1]' maps [0, 1] images to the [-1, 1] that
             taming was trained on; '[0,1]' feeds them unchanged, as DCKD's released code does. Default: '[-1,1]'.
 
@@ -159,6 +162,9 @@ class KDVQGANEncoder(nn.Module):
         super().__init__()
         if input_range not in INPUT_RANGES:
             raise ValueError(f'input_range must be one of {INPUT_RANGES}, got {input_range!r}')
+        unknown = set(ddconfig or {}) - set(F16_1024_DDCONFIG)
+        if unknown:
+            raise ValueError(f'ddconfig: unknown keys {sorted(unknown)}; the keys are {sorted(F16_1024_DDCONFIG)}')
         ddconfig = {**F16_1024_DDCONFIG, **(ddconfig or {})}
         self.input_range = input_range
         self.encoder = Encoder(**ddconfig)

@@ -144,3 +144,14 @@ def test_vgg_layer_output_shapes_and_input_range():
         assert torch.allclose(net(x * 2 - 1)['relu3_1'], out['relu3_1'], atol=1e-5)
     with pytest.raises(ValueError, match='relu9_1'):
         build_network({'type': 'KDVGG19Features', 'layer_names': ['relu9_1']})
+
+
+def test_norm_groups_sets_every_group_norm_and_unknown_ddconfig_keys_are_refused():
+    for groups in (32, 8):
+        net = build_network({'type': 'KDVQGANEncoder', 'ddconfig': {'ch': 32 if groups == 32 else 16,
+                                                                    'num_res_blocks': 1, 'norm_groups': groups}})
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert len(norms) == 5 * 2 + 1 + 2 * 2 + 1 + 1  # level blocks, level-4 attention, mid, norm_out
+        assert {m.num_groups for m in norms} == {groups}
+    with pytest.raises(ValueError, match=r"unknown keys \['norm_group'\]"):
+        build_network({'type': 'KDVQGANEncoder', 'ddconfig': {'norm_group': 8}})

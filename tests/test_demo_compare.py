@@ -31,6 +31,34 @@ def test_every_arm_names_an_option_file_that_reads_the_teachers_it_needs():
         assert read == set(arm.needs), arm.key
 
 
+def test_other_iterations_scale_the_dckd_history_schedule_to_the_same_fractions_of_the_run():
+    opt = demo_runs.load_demo_option('demo_student_dckd_x2')
+    assert opt['train']['total_iter'] == 1000 and opt['train']['history']['update_schedule'] == [
+        [400, 4], [800, 8], [1200, 12]]
+    assert demo_compare.schedule(2500, opt)['train:history:update_schedule'] == [[1000, 10], [2000, 20], [3000, 30]]
+    assert demo_compare.schedule(40, opt)['train:history:update_schedule'] == [[16, 1], [32, 1], [48, 1]]
+    assert 'train:history:update_schedule' not in demo_compare.schedule(1000, opt)
+    assert 'train:history:update_schedule' not in demo_compare.schedule(40, demo_runs.load_demo_option(
+        'demo_student_logits_x2'))
+
+
+def test_the_seeded_random_frozen_file_is_written_again_and_two_networks_cannot_share_it(tmp_path):
+    args = demo_compare.parse_args(['--out', str(tmp_path), '--seeds', '0'])
+    runs = demo_compare.plan_runs(demo_compare.selected_arms(['dckd', 'dckd_star']), args, {'sr': {}})
+    target = tmp_path / 'frozen' / 'vqgan_demo.pth'
+    target.parent.mkdir()
+    target.write_bytes(b'stale weights of another shape')
+    assert demo_compare.prepare_frozen(runs, {}, str(tmp_path)) == {'vqgan': 'random weights (seeded; no file given)'}
+    first = target.read_bytes()
+    assert first != b'stale weights of another shape'
+    demo_compare.prepare_frozen(runs, {}, str(tmp_path))
+    assert target.read_bytes() == first  # seeded: bit-identical
+    star = next(run for run in runs if run.arm.key == 'dckd_star')
+    star.changes['network_vqgan'] = dict(demo_runs.load_demo_option(star.arm.option)['network_vqgan'], embed_dim=8)
+    with pytest.raises(SystemExit, match='network_vqgan differs'):
+        demo_compare.prepare_frozen(runs, {}, str(tmp_path))
+
+
 def test_the_crop_is_where_the_outputs_differ():
     rng = np.random.default_rng(0)
     gts = [rng.integers(0, 256, (60, 70, 3)).astype(np.uint8) for _ in range(2)]
