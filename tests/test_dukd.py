@@ -1,7 +1,8 @@
 """DUKD: the data upcycling of ``kd_models/kd_data_upcycling.py`` against direct computations (GT tiles cut by hand,
 BasicSR's own per-image MATLAB ``imresize``), the terms ``KDDUKDModel`` assembles recomputed sample by sample, where
 gradients go, configuration errors named by their key, DCKD* with the upcycled term, and --auto_resume (DDP: in
-test_distributed.py; the BasicSR fork: test_basicsr_fork.py)."""
+test_distributed.py; the BasicSR fork: test_basicsr_fork.py; each upcycled term's gradient against finite
+differences: test_distillation_paths.py)."""
 import os
 
 import pytest
@@ -145,16 +146,6 @@ def test_one_step_trains_the_student_only(tmp_path):
         {id(p) for p in model.net_g.parameters()}
     assert not differing_tensors(snapshot(teacher), before)
     assert [name for name, _ in model.floor_forwards()] == ['t', 't']  # LQ + zoom-in tiles, then the zoom-out
-
-
-@pytest.mark.parametrize('term', ['l_up_in', 'l_up_out', 'l_up_out_pix'])
-def test_each_upcycled_term_alone_reaches_the_student(tmp_path, term):
-    model = model_from(dukd_opt(tmp_path, prob=0.5), tmp_path)
-    model.feed_data(random_batch(scale=2, size=16))
-    model.forward_networks()
-    model.compute_losses(1)[term].backward()
-    assert all(p.grad is not None and p.grad.any() for p in model.net_g.parameters())
-    assert all(p.grad is None for p in model.teachers['t'].parameters())
 
 
 def test_a_missing_upcycling_loss_is_refused(tmp_path):
