@@ -133,6 +133,14 @@ def test_without_zoom_out_only_the_zoom_in_term_is_added(tmp_path):
     assert [name for name, _ in model.floor_forwards()] == ['t']  # LQ and the zoom-in tiles in one forward
 
 
+def test_zoom_out_alone_adds_only_its_terms(tmp_path):
+    model = model_from(dukd_opt(tmp_path, zoom_in_tiles=0), tmp_path)
+    model.feed_data(random_batch(scale=2, size=16))
+    model.optimize_parameters(1)
+    assert set(model.log_dict) == {'l_pix', 'l_kd', 'l_up_out', 'l_up_out_pix'}
+    assert [view.shape[0] for view in model.teacher_view_outputs['t']] == [2]  # no zoom-in view
+
+
 def test_one_step_trains_the_student_only(tmp_path):
     model = model_from(dukd_opt(tmp_path), tmp_path)
     teacher = model.teachers['t']
