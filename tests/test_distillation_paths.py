@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import test_dukd
 import test_mtkd_model
 import test_skd_model
 import test_wavekd_model
@@ -205,4 +206,12 @@ def test_slkd_terms_reach_the_student_and_their_own_scale_conversion_module(tmp_
 def test_wavekd_term_reaches_every_student_parameter(tmp_path):
     model = built(test_wavekd_model.wavekd_opt(tmp_path, '/nonexistent'), tmp_path)
     receivers = check_gradient_path(model, ['l_wave'], ['patch_embed.proj.weight', 'output.weight'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g)}
+
+
+# ------------------------------------------------------------------------------------------------------- DUKD
+@pytest.mark.parametrize('term', ['l_up_in', 'l_up_out', 'l_up_out_pix'])
+def test_dukd_upcycled_terms_reach_every_student_parameter(tmp_path, term):
+    model = built(test_dukd.dukd_opt(tmp_path, prob=0.5), tmp_path)  # tiles transformed and undone, zoom-out on
+    receivers = check_gradient_path(model, [term], ['conv_first.weight', 'conv_last.weight'], **FLOAT64)
     assert receivers == {'g': names_of(model.net_g)}
