@@ -104,6 +104,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         # twice its side (the VQGAN's f16 encoder needs 16 at least), loaded at the largest
         opt['datasets']['train']['gt_size'] = 32 * scale
         opt['train']['progressive_patches'] = [[1, 16 * scale, 1], [max(total_iter, 2), 32 * scale, 2]]
+    if opt['train'].get('num_negatives'):  # CSD's negatives: LR images of the shrunk batch
+        opt['train']['num_negatives'] = 2
     if opt['train'].get('history'):  # DCKD's history model: updated at every iteration of the short run
         opt['train']['history']['update_schedule'] = [[total_iter, 1]]
     if 'val' in opt:
