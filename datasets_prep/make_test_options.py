@@ -32,15 +32,15 @@ SR_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
 NOT_A_STUDENT = ('KDMTKDAggregationModel', )
 # Super-networks whose student is a slice of network_g (CSD): the test file evaluates the slice as the plain network it
 # is, which the training run saves under params (kd_models/kd_csd_model.py)
-SUPER_NETWORKS = ('KDSlimmableEDSR', )
+SUPER_NETWORKS = ('KDSlimmableEDSR', 'KDSlimmableRCAN')
 
 
 def student_network(network_opt):
     """The options of the student network of a training file's ``network_g``."""
     if network_opt.get('type') not in SUPER_NETWORKS:
         return network_opt
-    from kd_archs.kd_csd_arch import KDSlimmableEDSR  # imports torch: only for the files that need it
-    return KDSlimmableEDSR.student_options(network_opt)
+    from kd_archs import kd_csd_arch  # imports torch: only for the files that need it
+    return getattr(kd_csd_arch, network_opt['type']).student_options(network_opt)
 
 
 def sr_task(scale):

@@ -20,10 +20,10 @@ class KDCSDModel(KDBaseModel):
 
         L = L1(Y_S, GT) + λ_T·L1(Y_T, GT) + λ_CL·L_CL(Y_S; Y_T, Y^-)
 
-    - ``network_g``: a channel-splitting super-network (``KDSlimmableEDSR``, its ``student_width`` the student's
-      share of the channels, CSD's 0.25), started from the trained teacher (``path.pretrain_network_g``: a plain
-      EDSR checkpoint of the full width loads as it is). One forward gives Y_T (width 1) and Y_S (the slice), both
-      with gradient.
+    - ``network_g``: a channel-splitting super-network (``KDSlimmableEDSR`` or ``KDSlimmableRCAN``, its
+      ``student_width`` the student's share of the channels, CSD's 0.25), started from the trained teacher
+      (``path.pretrain_network_g``: a plain EDSR / RCAN checkpoint of the full width loads as it is). One forward
+      gives Y_T (width 1) and Y_S (the slice), both with gradient.
     - ``train.pixel_opt``: the student's reconstruction loss to GT (required, ``l_pix``);
       ``train.teacher_pixel_opt``: the teacher's (λ_T, the authors' ``--t_lambda``; ``l_pix_t``).
     - ``train.contrastive_opt``: L_CL (``KDCSDContrastiveLoss``, ``loss_weight`` λ_CL, ``l_csd``) on the features of
@@ -35,10 +35,11 @@ class KDCSDModel(KDBaseModel):
       call; false: L_CL also trains the teacher width, and Y_S and Y_T go through VGG in one call with gradient.
       Leave ``contrastive_opt`` and ``network_vgg`` out for CSD without L_CL (plain self-distillation).
 
-    Checkpoints: ``net_g_<iter>.pth`` holds the student slice under ``params`` (and ``params_ema``), a plain ``EDSR``
-    of ``KDSlimmableEDSR.student_options`` that ``SRModel`` loads (``options/test/test_csd_*.yml``), and the whole
-    super-network under ``supernet_params`` (``supernet_params_ema``), which this model loads back (resume,
-    ``pretrain_network_g``). Validation runs the student slice.
+    Checkpoints: ``net_g_<iter>.pth`` holds the student slice under ``params`` (and ``params_ema``), a plain
+    ``EDSR`` or ``RCAN`` of the super-network's ``student_options`` that ``SRModel`` loads
+    (``options/test/test_csd_*.yml``), and the whole super-network under ``supernet_params``
+    (``supernet_params_ema``), which this model loads back (resume, ``pretrain_network_g``). Validation runs the
+    student slice.
 
     Checked before the first step, naming the option key: ``network_g`` is a channel-splitting super-network;
     ``path.pretrain_network_g`` is set (the trained teacher) unless ``train.from_scratch`` is true; no
@@ -79,12 +80,12 @@ class KDCSDModel(KDBaseModel):
         supernet = self.get_bare_model(self.net_g)
         if not hasattr(supernet, 'student_state_dict'):
             raise ValueError(f'network_g.type = {self.opt["network_g"]["type"]}: KDCSDModel trains a channel-splitting '
-                             'super-network whose slice is the student (KDSlimmableEDSR)')
+                             'super-network whose slice is the student (KDSlimmableEDSR, KDSlimmableRCAN)')
         if not train_opt.get('pixel_opt'):
             raise ValueError('KDCSDModel needs train.pixel_opt, the student\'s reconstruction loss (L1Loss)')
         if not self.opt['path'].get('pretrain_network_g') and not train_opt.get('from_scratch', False):
             raise ValueError('path.pretrain_network_g is not set: CSD starts its super-network from the trained '
-                             'teacher (a plain EDSR checkpoint of network_g\'s full width loads as it is); set it, '
+                             'teacher (a plain checkpoint of network_g\'s full width loads as it is); set it, '
                              'or set train.from_scratch: true to start from random weights')
         with_cl = bool(train_opt.get('contrastive_opt'))
         if 'network_vgg' in self.opt and not with_cl:
@@ -118,9 +119,9 @@ class KDCSDModel(KDBaseModel):
     @classmethod
     def write_random_frozen_files(cls, opt, folder, seed=0):
         """The base's random frozen files, and random weights for the trained teacher the super-network starts from
-        (``path.pretrain_network_g``) unless the options set one or ``train.from_scratch``."""
+        (``path.pretrain_network_g``) unless ``train.from_scratch``."""
         super().write_random_frozen_files(opt, folder, seed)
-        if not opt['path'].get('pretrain_network_g') and not opt['train'].get('from_scratch', False):
+        if not opt['train'].get('from_scratch', False):
             torch.manual_seed(seed)
             path = os.path.join(folder, f'{opt["name"]}_network_g.pth')
             torch.save({'params': build_network(opt['network_g']).state_dict()}, path)
@@ -189,7 +190,7 @@ class KDCSDModel(KDBaseModel):
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """A CSD checkpoint gives the super-network its ``supernet_<param_key>`` entry (``supernet_params`` where it
-        has no EMA weights); any other file (a trained EDSR teacher) loads as BasicSR loads it."""
+        has no EMA weights); any other file (a trained teacher) loads as BasicSR loads it."""
         checkpoint = self.read_weight_file(load_path, 'path.pretrain_network_g')
         key = SUPERNET + param_key if SUPERNET + param_key in checkpoint else SUPERNET + 'params'
         if key not in checkpoint:

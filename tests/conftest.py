@@ -51,6 +51,8 @@ def shrink_network(net_opt):
     for key, value in SHRUNK_LIST_ITEMS.items():
         if isinstance(net_opt.get(key), list):  # not the image channels of Restormer (out_channels: 3)
             net_opt[key] = [value] * len(net_opt[key])
+    if net_opt.get('type') == 'KDSlimmableRCAN':  # CSD's slice squeezes w * num_feat // squeeze_factor channels: 1
+        net_opt['squeeze_factor'] = 4
     if net_opt.get('type') == 'KDVQGANEncoder':  # DCKD's encoder: the same levels and taps, 32 channels at the first
         net_opt['ddconfig'] = {**(net_opt.get('ddconfig') or {}), 'ch': 32}
     return net_opt

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.archs.edsr_arch import EDSR
+from basicsr.archs.rcan_arch import RCAN
 
 from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, fixed,
                       interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, run_train, shrink_option,
@@ -23,16 +24,27 @@ def edsr_opt(upscale, num_feat=16, num_block=2, res_scale=0.1):
                 res_scale=res_scale, img_range=255.)
 
 
-def slimmable(upscale, width=0.25, seed=0, **kwargs):
+def rcan_opt(upscale, num_feat=16):
+    return dict(num_in_ch=3, num_out_ch=3, num_feat=num_feat, num_group=2, num_block=2, squeeze_factor=4,
+                upscale=upscale, res_scale=0.5, img_range=255.)
+
+
+FAMILIES = {'EDSR': (EDSR, edsr_opt), 'RCAN': (RCAN, rcan_opt)}
+
+
+def slimmable(family, upscale, width=0.25, seed=0):
     torch.manual_seed(seed)
-    return build_network({'type': 'KDSlimmableEDSR', **edsr_opt(upscale, **kwargs), 'student_width': width})
+    options = {'type': f'KDSlimmable{family}', **FAMILIES[family][1](upscale), 'student_width': width}
+    return build_network(options), options
 
 
 # ------------------------------------------------------------------------------------------------ architecture
+@pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('upscale', [2, 3, 4])
-def test_full_width_is_basicsr_edsr(upscale):
-    net = slimmable(upscale)
-    plain = EDSR(**edsr_opt(upscale))
+def test_full_width_is_the_basicsr_network(family, upscale):
+    net, _ = slimmable(family, upscale)
+    plain_class, options = FAMILIES[family]
+    plain = plain_class(**options(upscale))
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     assert list(net.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(net.state_dict())
@@ -40,34 +52,54 @@ def test_full_width_is_basicsr_edsr(upscale):
     assert torch.allclose(net(x), plain(x), atol=1e-6) and torch.equal(net(x), net(x, width=1.0))
 
 
-def slice_by_hand(state, c, upscale):
-    """The student's weights cut from the super-network's as the authors' EDSR forward slices them, written out
-    layer by layer (independent of ``sliced_convolutions``)."""
-    expected = {'conv_first.weight': state['conv_first.weight'][:c], 'conv_first.bias': state['conv_first.bias'][:c]}
-    for i in range(2):
-        for conv in ('conv1', 'conv2'):
-            expected[f'body.{i}.{conv}.weight'] = state[f'body.{i}.{conv}.weight'][:c, :c]
-            expected[f'body.{i}.{conv}.bias'] = state[f'body.{i}.{conv}.bias'][:c]
-    expected['conv_after_body.weight'] = state['conv_after_body.weight'][:c, :c]
-    expected['conv_after_body.bias'] = state['conv_after_body.bias'][:c]
-    shuffles = {2: [('0', 4)], 3: [('0', 9)], 4: [('0', 4), ('2', 4)]}[upscale]
-    for name, r2 in shuffles:
-        expected[f'upsample.{name}.weight'] = state[f'upsample.{name}.weight'][:r2 * c, :c]
-        expected[f'upsample.{name}.bias'] = state[f'upsample.{name}.bias'][:r2 * c]
-    expected['conv_last.weight'] = state['conv_last.weight'][:, :c]
-    expected['conv_last.bias'] = state['conv_last.bias']
-    return expected
+def body_by_hand(state, family, c):
+    """The body's sliced weights: EDSR's two convolutions per block, RCAN's two per RCAB, its channel attention's
+    squeeze (16 channels and factor 4: 4, sliced as c / 4) and each group's closing convolution."""
+    cut = {}
+
+    def keep(name, out_channels, in_channels=None):
+        weight = state[f'{name}.weight'][:out_channels]
+        cut[f'{name}.weight'] = weight if in_channels is None else weight[:, :in_channels]
+        cut[f'{name}.bias'] = state[f'{name}.bias'][:out_channels]
+
+    for g in range(2):
+        if family == 'EDSR':
+            keep(f'body.{g}.conv1', c, c)
+            keep(f'body.{g}.conv2', c, c)
+            continue
+        for b in range(2):
+            block = f'body.{g}.residual_group.{b}.rcab'
+            keep(f'{block}.0', c, c)
+            keep(f'{block}.2', c, c)
+            keep(f'{block}.3.attention.1', c // 4, c)
+            keep(f'{block}.3.attention.3', c, c // 4)
+        keep(f'body.{g}.conv', c, c)
+    return cut, keep
 
 
-@pytest.mark.parametrize('upscale, width', [(2, 0.25), (3, 0.5), (4, 0.25), (4, 0.75)])
-def test_student_slice_is_a_plain_edsr_equal_to_the_slimmed_forward(upscale, width):
-    net = slimmable(upscale, width)
+def slice_by_hand(state, family, c, upscale):
+    """The student's weights cut from the super-network's as the authors' forward slices them, written out layer by
+    layer (independent of ``sliced_convolutions``)."""
+    cut, keep = body_by_hand(state, family, c)
+    keep('conv_first', c)
+    keep('conv_after_body', c, c)
+    for name, r2 in {2: [('0', 4)], 3: [('0', 9)], 4: [('0', 4), ('2', 4)]}[upscale]:
+        keep(f'upsample.{name}', r2 * c, c)
+    cut['conv_last.weight'] = state['conv_last.weight'][:, :c]
+    cut['conv_last.bias'] = state['conv_last.bias']
+    return cut
+
+
+@pytest.mark.parametrize('family, upscale, width', [('EDSR', 2, 0.25), ('EDSR', 3, 0.5), ('EDSR', 4, 0.25),
+                                                    ('EDSR', 4, 0.75), ('RCAN', 2, 0.25), ('RCAN', 3, 0.5),
+                                                    ('RCAN', 4, 0.25)])
+def test_student_slice_is_a_plain_network_equal_to_the_slimmed_forward(family, upscale, width):
+    net, options = slimmable(family, upscale, width)
     student_state = net.student_state_dict()
     c = int(16 * width)
-    assert not differing_tensors(student_state, slice_by_hand(net.state_dict(), c, upscale))
-    options = net.student_options({'type': 'KDSlimmableEDSR', **edsr_opt(upscale), 'student_width': width})
-    assert options == {'type': 'EDSR', **edsr_opt(upscale, num_feat=c)}
-    student = build_network(options)
+    assert not differing_tensors(student_state, slice_by_hand(net.state_dict(), family, c, upscale))
+    assert net.student_options(options) == {'type': family, **FAMILIES[family][1](upscale, num_feat=c)}
+    student = build_network(net.student_options(options))
     student.load_state_dict(student_state)  # strict
     x = fixed(2, 3, 5, 6, seed=1, dtype=torch.float32).sigmoid()
     teacher_out, student_out = net(x, width=(1.0, width))
@@ -75,9 +107,14 @@ def test_student_slice_is_a_plain_edsr_equal_to_the_slimmed_forward(upscale, wid
     assert torch.equal(student_out, net(x, width=width)) and torch.equal(teacher_out, net(x))
 
 
-def test_a_width_that_splits_no_whole_channels_is_refused():
-    with pytest.raises(ValueError, match=r'width 0.3 must be in \(0, 1\] and give whole channels of num_feat = 16'):
-        slimmable(2, width=0.3)
+@pytest.mark.parametrize('family, width, message', [
+    ('EDSR', 0.3, r'^KDSlimmableEDSR: width 0.3 must be in \(0, 1\] and keep whole channels of 16 \(got 4.8\)$'),
+    ('EDSR', 1.5, r'^KDSlimmableEDSR: width 1.5 must be in \(0, 1\]'),
+    ('RCAN', 0.125, r'^KDSlimmableRCAN: width 0.125 must be in \(0, 1\] and keep whole channels of 4 \(got 0.5\)$'),
+], ids=['edsr channels', 'wider than the network', 'rcan squeeze'])
+def test_a_width_that_splits_no_whole_channels_is_refused(family, width, message):
+    with pytest.raises(ValueError, match=message):
+        slimmable(family, 2, width)
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -155,7 +192,7 @@ def model_from(opt, tmp_path, name='exp'):
 def gradient_outside_slice(net, c, upscale=2):
     """The largest |grad| of each parameter outside the student slice (zero where only the slice trained)."""
     state = {name: p.grad for name, p in net.named_parameters()}
-    inside = slice_by_hand(state, c, upscale)
+    inside = slice_by_hand(state, 'EDSR', c, upscale)
     outside = {}
     for name, grad in state.items():
         masked = grad.clone()
