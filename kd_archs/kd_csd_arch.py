@@ -10,7 +10,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 class ChannelSplitting():
     """Mixin of the channel-splitting networks of CSD (Wang et al., "Towards Compact Single Image Super-Resolution
-    via Contrastive Self-distillation", IJCAI 2021, Sec. 3.1) over a BasicSR network with ``conv_first``, a body,
+    via Contrastive Self-distillation", IJCAI 2021) over a BasicSR network with ``conv_first``, a body,
     ``conv_after_body``, ``upsample`` and ``conv_last`` (EDSR, RCAN).
 
     The weights are the BasicSR network's (same state_dict keys and shapes), so a trained network loads as the

@@ -8,9 +8,10 @@ from .kd_contrastive_ratio import check_distance, shared_negatives_contrastive_r
 @LOSS_REGISTRY.register()
 class KDCSDContrastiveLoss(torch.nn.Module):
     """The contrastive loss L_CL of CSD (Wang et al., "Towards Compact Single Image Super-Resolution via Contrastive
-    Self-distillation", IJCAI 2021, Sec. 3.2): the student's output Y_S is the anchor, the teacher's output Y_T (the
-    super-network's full width) the positive and K images Y_k^- the negatives (CSD: the bicubic-upsampled LR inputs of
-    the batch), compared on the features φ_i of n layers of a frozen VGG-19::
+    Self-distillation", IJCAI 2021), as the authors' released code computes it (``loss/contrast_loss.py``,
+    ``ContrastLoss.L1_forward``): the student's output Y_S is the anchor, the teacher's output Y_T (the super-network's
+    full width) the positive and K images Y_k^- the negatives (CSD: the bicubic-upsampled LR inputs of the batch),
+    compared on the features φ_i of n layers of a frozen VGG-19::
 
         L_CL = Σ_{i=1..n} λ_i · d(φ_i(Y_S), φ_i(Y_T)) / (Σ_{k=1..K} d(φ_i(Y_S), φ_i(Y_k^-)) + eps)
 
