@@ -45,7 +45,7 @@ class KDCSDModel(KDBaseModel):
     ``path.pretrain_network_g`` is set (the trained teacher) unless ``train.from_scratch`` is true; no
     teacher network (the teacher is ``network_g``'s full width); ``pixel_opt`` is set; ``network_vgg`` comes with
     ``contrastive_opt`` and has one layer per weight; ``num_negatives`` is a whole number from 1 to
-    ``datasets.train.batch_size_per_gpu``; ``detach_positive`` is a boolean.
+    ``datasets.train.batch_size_per_gpu``; ``detach_positive`` and ``from_scratch`` are booleans.
 
     Overrides: ``teacher_names`` (none), ``init_training_settings``, ``forward_networks`` (both widths in one call),
     ``compute_losses`` (adds ``l_pix_t``, ``l_csd``), ``floor_forwards`` (VGG on the student's output, VGG on the
@@ -83,6 +83,9 @@ class KDCSDModel(KDBaseModel):
                              'super-network whose slice is the student (KDSlimmableEDSR, KDSlimmableRCAN)')
         if not train_opt.get('pixel_opt'):
             raise ValueError('KDCSDModel needs train.pixel_opt, the student\'s reconstruction loss (L1Loss)')
+        for key, default in (('from_scratch', False), ('detach_positive', True)):
+            if not isinstance(train_opt.get(key, default), bool):
+                raise ValueError(f'train.{key} = {train_opt[key]!r}: use true or false')
         if not self.opt['path'].get('pretrain_network_g') and not train_opt.get('from_scratch', False):
             raise ValueError('path.pretrain_network_g is not set: CSD starts its super-network from the trained '
                              'teacher (a plain checkpoint of network_g\'s full width loads as it is); set it, '
@@ -95,8 +98,6 @@ class KDCSDModel(KDBaseModel):
             raise ValueError('train.contrastive_opt needs network_vgg (KDVGG19Features), the features of L_CL')
         self.frozen_networks = ('vgg', ) if with_cl else ()  # the base then requires and loads network_vgg
         self.detach_positive = train_opt.get('detach_positive', True)
-        if not isinstance(self.detach_positive, bool):
-            raise ValueError(f'train.detach_positive = {self.detach_positive!r}: use true or false')
         self.num_negatives = self.check_num_negatives() if with_cl else 0
         super().init_training_settings()
         self.cri_teacher_pix = self.build_train_loss('teacher_pixel_opt')

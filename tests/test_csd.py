@@ -314,6 +314,7 @@ def with_change(opt, change):
      r'negatives from 1 to datasets\.train\.batch_size_per_gpu \(2\)'),
     (lambda o: o['train'].update(num_negatives=0), r'^train\.num_negatives = 0'),
     (lambda o: o['train'].update(detach_positive='yes'), r"^train\.detach_positive = 'yes': use true or false"),
+    (lambda o: o['train'].update(from_scratch=1), r"^train\.from_scratch = 1: use true or false"),
     (lambda o: o['train']['contrastive_opt'].update(layer_weights=[1.0]),
      r'^train\.contrastive_opt\.layer_weights has 1 weights but network_vgg\.layer_names 2 layers'),
     (lambda o: o['train']['contrastive_opt'].update(distance='cos'), r"^train\.contrastive_opt: distance must be "),
@@ -322,8 +323,8 @@ def with_change(opt, change):
     (lambda o: o['train'].pop('contrastive_opt'), r'^network_vgg is set but train\.contrastive_opt is not'),
     (lambda o: o.update(network_t=dict(o['network_g'])), r"^KDCSDModel does not use \['network_t'\]"),
 ], ids=['plain edsr', 'no teacher to start from', 'no pixel loss', 'more negatives than the batch', 'no negative',
-        'detach not a boolean', 'a weight per vgg layer', 'unknown distance', 'another loss kind', 'vgg without l_cl',
-        'a teacher network'])
+        'detach not a boolean', 'from_scratch not a boolean', 'a weight per vgg layer', 'unknown distance',
+        'another loss kind', 'vgg without l_cl', 'a teacher network'])
 def test_a_wrong_configuration_is_refused_naming_the_key(tmp_path, change, message):
     opt = with_change(csd_opt(tmp_path, '/nonexistent'), change)
     with pytest.raises(ValueError, match=message):
