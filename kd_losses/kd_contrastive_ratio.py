@@ -2,8 +2,9 @@
 
 Helper module (registers nothing). DCKD (dckd.txt Eq. 5) takes one ratio per feature layer, each distance over the
 whole batch (``contrastive_ratio``); FACD (facd.txt Eq. 4) takes one ratio per sample, its negatives being the other
-samples of the batch (``in_batch_contrastive_ratio``). The callers weight the ratios (λ_i per layer; w_j · α_i per
-point and sample) and sum them.
+samples of the batch (``in_batch_contrastive_ratio``); CSD takes one ratio per layer like DCKD, with K negatives that
+every sample of the batch shares (``shared_negatives_contrastive_ratio``). The callers weight the ratios (λ_i per
+layer; w_j · α_i per point and sample) and sum them.
 """
 import math
 
@@ -73,6 +74,30 @@ def in_batch_contrastive_ratio(anchor, positive, negative_sets, distance='l1', e
     d_negatives = sum(pairwise_distance(anchor, negatives, distance).masked_fill(own, 0).sum(1)
                       for negatives in negative_sets)
     return d_positive / (d_negatives + eps)
+
+
+def shared_negatives_contrastive_ratio(anchor, positive, negatives, distance='l1', eps=1e-7):
+    """``contrastive_ratio`` with negatives shared by the whole batch (CSD): ``d(anchor, positive) / (Σ_k
+    d(anchor, negative_k) + eps)``, each distance over the whole batch, negative k being compared with every sample
+    of ``anchor``. Equals ``contrastive_ratio(anchor, positive, negatives[:, None].expand(K, *anchor.shape))``, from
+    the (B, K) per-sample distances of one ``torch.cdist`` call instead of (K, B, ...) differences.
+
+    Args:
+        anchor (Tensor): (B, ...) features.
+        positive (Tensor): Same shape as ``anchor``.
+        negatives (Tensor): (K, ...): K features of one sample's shape.
+        distance (str): 'l1' or 'l2', as in ``feature_distance``. Default: 'l1'.
+        eps (float): Added to the denominator. Default: 1e-7.
+
+    Returns:
+        Tensor: the scalar ratio.
+    """
+    check_distance(distance)
+    d_positive = feature_distance(anchor - positive, distance, tuple(range(anchor.dim())))
+    per_sample = pairwise_distance(anchor, negatives, distance)  # (B, K)
+    # over the whole batch: the mean of the per-sample means (l1); the root of the mean of the per-sample squares (l2)
+    d_negatives = per_sample.mean(0) if distance == 'l1' else per_sample.square().mean(0).sqrt()
+    return d_positive / (d_negatives.sum() + eps)
 
 
 def check_distance(distance):

@@ -188,6 +188,8 @@ class KDBaseModel(SRModel):
     - ``forward_networks()``: the step's forwards (student on LQ, then the teachers); ``checkpoint_extras(label)``:
       entries saved beside the weights of a checkpoint (MTKD's stage 1: the aggregator's input is the teachers'
       outputs, and its checkpoint carries the teacher list; SKD's student: the pixel range it works in).
+    - ``checkpoint_weights(label, key, state)``: the entries a network's weights make in its checkpoint (default
+      ``{key: state}``; CSD's super-network writes its student slice there and itself beside it).
     - ``training_state()`` / ``load_training_state(state)``: extra state saved in the ``.state`` file and given back
       on resume.
 
@@ -765,10 +767,16 @@ class KDBaseModel(SRModel):
         checkpoint = self.checkpoint_extras(net_label)
         for net_, key in zip(nets, keys):
             state = self.get_bare_model(net_).state_dict()
-            checkpoint[key] = OrderedDict(
-                (k[len('module.'):] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
+            checkpoint.update(self.checkpoint_weights(net_label, key, OrderedDict(
+                (k[len('module.'):] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())))
         label = 'latest' if current_iter == -1 else current_iter
         save_atomically(checkpoint, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    def checkpoint_weights(self, net_label, param_key, state):
+        """The entries of one network's weights ``state`` (``param_key``: params or params_ema) in the checkpoint of
+        ``net_label``. Default: ``{param_key: state}``; CSD stores its student slice there and the super-network
+        beside it."""
+        return {param_key: state}
 
     def checkpoint_extras(self, net_label):
         """Entries saved beside the weights in the checkpoint of ``net_label`` (e.g. ``net_g``): plain Python

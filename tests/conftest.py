@@ -51,6 +51,8 @@ def shrink_network(net_opt):
     for key, value in SHRUNK_LIST_ITEMS.items():
         if isinstance(net_opt.get(key), list):  # not the image channels of Restormer (out_channels: 3)
             net_opt[key] = [value] * len(net_opt[key])
+    if net_opt.get('type') == 'KDSlimmableRCAN':  # CSD's slice squeezes w * num_feat // squeeze_factor channels: 1
+        net_opt['squeeze_factor'] = 4
     if net_opt.get('type') == 'KDVQGANEncoder':  # DCKD's encoder: the same levels and taps, 32 channels at the first
         net_opt['ddconfig'] = {**(net_opt.get('ddconfig') or {}), 'ch': 32}
     return net_opt
@@ -104,6 +106,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         # twice its side (the VQGAN's f16 encoder needs 16 at least), loaded at the largest
         opt['datasets']['train']['gt_size'] = 32 * scale
         opt['train']['progressive_patches'] = [[1, 16 * scale, 1], [max(total_iter, 2), 32 * scale, 2]]
+    if opt['train'].get('num_negatives'):  # CSD's negatives: LR images of the shrunk batch
+        opt['train']['num_negatives'] = 2
     if opt['train'].get('history'):  # DCKD's history model: updated at every iteration of the short run
         opt['train']['history']['update_schedule'] = [[total_iter, 1]]
     if 'val' in opt:

@@ -6,8 +6,8 @@
 - ``rank<r>_init.pth``: the bare student and helpers of rank ``r`` when training starts (after the DDP broadcast);
 - ``rank<r>_iter<i>.pth``: the same at every ``save`` (BasicSR saves on rank 0 only), plus ``seen_lq``, the sum of
   every LQ batch this rank trained on;
-- ``resumed_rank<r>.pth``: right after ``resume_training``, the optimiser, scheduler, student, helper and teacher
-  states.
+- ``resumed_rank<r>.pth``: right after ``resume_training``, the optimiser, scheduler, student, EMA student, helper
+  and teacher states.
 """
 import os
 import sys
@@ -52,6 +52,7 @@ class Recording():
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
             'networks': self.networks(),
+            'ema': self.net_g_ema.state_dict() if hasattr(self, 'net_g_ema') else None,
             'teachers': {name: net.state_dict() for name, net in self.teachers.items()}
         })
 

@@ -21,8 +21,10 @@ def test_ratios_on_fixed_timings():
     assert list(row) == COLUMNS
 
 
-def test_one_step_run_writes_the_table(demo_root, tmp_path):
-    opt = shrink_option(load_option(os.path.join(OPTIONS, 'fitnet_edsr_x2.yml')), demo_root, str(tmp_path), 'bench')
+@pytest.mark.parametrize('option, model_type', [('fitnet_edsr_x2.yml', 'KDFeatureModel'),
+                                                ('csd_edsr_x2.yml', 'KDCSDModel')], ids=['fitnet', 'csd'])
+def test_one_step_run_writes_the_table(demo_root, tmp_path, option, model_type):
+    opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), 'bench')
     path = tmp_path / 'bench.yml'
     path.write_text(yaml.safe_dump(opt))
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_step.py'), str(path), '--steps', '1',
@@ -32,5 +34,5 @@ def test_one_step_run_writes_the_table(demo_root, tmp_path):
     assert '| option | model_type | kd_ms |' in result.stdout
     with open(tmp_path / 'kd_step.csv') as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and list(rows[0]) == COLUMNS and rows[0]['model_type'] == 'KDFeatureModel'
+    assert len(rows) == 1 and list(rows[0]) == COLUMNS and rows[0]['model_type'] == model_type
     assert all(float(rows[0][c]) > 0 for c in COLUMNS if c not in ('option', 'model_type') and 'spread' not in c)

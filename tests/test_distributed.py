@@ -20,8 +20,10 @@ from conftest import OPTIONS, differing_tensors, load_option, shrink_option, two
     ('wavekd_restormer_derain.yml', 'KDRecordingWaveKDModel', ['g'], 'restoration_root'),
     ('lsfd_edsr_x2.yml', 'KDRecordingFeatureModel', ['g', 'reg'], 'demo_root'),
     ('dukd_edsr_x2.yml', 'KDRecordingDUKDModel', ['g'], 'demo_root'),
+    ('csd_edsr_x2.yml', 'KDRecordingCSDModel', ['g'], 'demo_root'),
 ], ids=['logits', 'fitnet with a trainable regressor', 'progressive patches of padded pairs', 'wavekd',
-        'lsfd with a five-layer regressor', 'dukd: two student forwards (LQ + zoom-in, zoom-out) per step'])
+        'lsfd with a five-layer regressor', 'dukd: two student forwards (LQ + zoom-in, zoom-out) per step',
+        'csd: both widths in one DDP forward'])
 def test_two_cpu_ranks_finish_with_identical_students(request, tmp_path, option, model_type, networks, data):
     opt = shrink_option(load_option(os.path.join(OPTIONS, option)), request.getfixturevalue(data), str(tmp_path), 'ddp')
     opt['model_type'] = model_type
@@ -38,5 +40,6 @@ def test_two_cpu_ranks_finish_with_identical_students(request, tmp_path, option,
         assert not differing_tensors(init[0][name], init[1][name]), f'net_{name}: DDP broadcasts rank 0 at wrapping'
         assert not differing_tensors(final[0][name], final[1][name]), f'net_{name}: the ranks diverged'
         assert differing_tensors(init[1][name], final[1][name]), f'net_{name} did not train'
-        saved = torch.load(root / 'models' / f'net_{name}_latest.pth', weights_only=True)['params']
+        saved = torch.load(root / 'models' / f'net_{name}_latest.pth', weights_only=True)
+        saved = saved.get('supernet_params', saved['params'])  # CSD's params: the student slice of the super-network
         assert not differing_tensors(saved, final[1][name])

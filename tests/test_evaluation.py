@@ -337,7 +337,7 @@ def test_each_trained_sr_student_is_evaluated_as_the_papers_do(path):
     opt = load_option(os.path.join(TEST_OPTIONS, f'test_{path}'))
     scale = training['scale']
     assert opt['model_type'] == 'KDEvalModel' and opt['scale'] == scale
-    assert opt['network_g'] == training['network_g']
+    assert opt['network_g'] == make_test_options.student_network(training['network_g'])  # CSD: its slice's network
     assert opt['path']['pretrain_network_g'] == f'experiments/{training["name"]}/models/net_g_latest.pth'
     assert [d['name'] for d in opt['datasets'].values()] == ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
     assert all(d['dataroot_lq'].endswith(f'/X{scale}') for d in opt['datasets'].values())

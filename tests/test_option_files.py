@@ -17,6 +17,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTR
 
 from conftest import (OPTIONS, build_model_from, differing_tensors, load_option, random_batch, run_train, shrink_option,
                       training_steps)
+from datasets_prep.make_test_options import student_network
 
 ALL_OPTIONS = sorted(glob.glob(os.path.join(OPTIONS, '**', '*.yml'), recursive=True))
 EVALUATION_OPTIONS = [p for p in ALL_OPTIONS if os.path.relpath(p, OPTIONS).startswith('test' + os.sep)]
@@ -148,9 +149,11 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
         model.save(-1, -1)
     checkpoint = torch.load(models / 'net_g_latest.pth', weights_only=True)
     # MTKD's stage 1 trains its aggregator as network_g: fed the teachers' outputs (HR size), saved with their list
-    # and its own network options; an SKD student records its pixel range (KDEvalModel checks val.pixel_range)
+    # and its own network options; an SKD student records its pixel range (KDEvalModel checks val.pixel_range); CSD's
+    # params are the student slice of its super-network, saved beside it
     aggregator = opt['model_type'] == 'KDMTKDAggregationModel'
-    extras = {'KDMTKDAggregationModel': {'teachers', 'network'}, 'KDSKDModel': {'pixel_range'}}
+    extras = {'KDMTKDAggregationModel': {'teachers', 'network'}, 'KDSKDModel': {'pixel_range'},
+              'KDCSDModel': {'supernet_params', 'supernet_params_ema'}}
     assert set(checkpoint) <= {'params', 'params_ema', *extras.get(opt['model_type'], ())}
     frozen = opt['path'].get('ignore_resume_networks') or []
     for key in (k for k in opt if k.startswith('network_') and k != 'network_g'):
@@ -158,7 +161,8 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
         assert saved != (key in frozen), f'{key}: helpers are saved with the student, frozen networks never'
 
     scale = opt['scale']
-    plain = {'name': 'plain', 'model_type': 'SRModel', 'scale': scale, 'num_gpu': 0, 'network_g': opt['network_g'],
+    plain = {'name': 'plain', 'model_type': 'SRModel', 'scale': scale, 'num_gpu': 0,
+             'network_g': student_network(opt['network_g']),  # the network of its options/test/ file
              'path': {'pretrain_network_g': str(models / 'net_g_latest.pth'), 'strict_load_g': True}}
     model = build_model_from(plain, str(tmp_path / 'plain'), is_train=False)
     assert not differing_tensors(model.net_g.state_dict(), checkpoint['params'])
