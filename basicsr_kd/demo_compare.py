@@ -67,6 +67,7 @@ ARMS = (
     Arm('at', 'AT', 'demo_student_at_x2', 'sr', ('teacher', )),
     Arm('fakd', 'FAKD', 'demo_student_fakd_x2', 'sr', ('teacher', )),
     Arm('lsfd', 'LSFD', 'demo_student_lsfd_x2', 'sr', ('teacher', )),
+    Arm('dukd', 'DUKD', 'demo_student_dukd_x2', 'sr', ('teacher', )),
     Arm('facd', 'FACD', 'demo_student_facd_x2', 'sr', ('teacher', )),
     Arm('fcd', 'FCD', 'demo_student_fcd_x2', 'sr', ('teacher', )),
     Arm('dckd', 'DCKD', 'demo_student_dckd_x2', 'sr', ('teacher', )),
