@@ -170,14 +170,14 @@ def prepare_frozen(runs, given, out):
                 sources[short] = f'file {given[short]}'
                 continue
             target = os.path.join(out, path)
-            if target in written and written[target] != opt[key]:
-                raise SystemExit(f'{run.arm.option}.yml: {key} differs from {written[target]} of another option file '
-                                 f'that loads the same {path}')
             if target not in written:  # rewritten by every call: bit-identical while the network stays the same
                 written[target] = opt[key]
                 torch.manual_seed(0)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 torch.save({'params': build_network(opt[key]).state_dict()}, target)
+            elif written[target] != opt[key]:
+                raise SystemExit(f'{run.arm.option}.yml: {key} differs from {written[target]} of another option file '
+                                 f'that loads the same {path}')
             sources[short] = 'random weights (seeded; no file given)'
     unused = set(given) - set(sources)
     if unused:

@@ -86,8 +86,8 @@ class Encoder(nn.Module):
                  in_channels,
                  resolution,
                  z_channels,
+                 norm_groups,
                  dropout=0.0,
-                 norm_groups=32,
                  **ignored):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
