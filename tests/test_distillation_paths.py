@@ -1,13 +1,14 @@
-"""The distillation terms of DCKD, FACD, LSFD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student: for
-each term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of
-the same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the
-parameters that receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers
-the paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term
-fails here, whatever the value of the loss it logs."""
+"""The distillation terms of every method (MTKD: stage 2) carry gradient to the student: for each term alone, the
+autograd gradient of a few student parameters is non-zero and equals a central finite difference of the same term
+(the step's forwards and the term evaluated again, seeded, every frozen output identical), and the parameters that
+receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers the paper
+trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term fails
+here, whatever the value of the loss it logs."""
 import pytest
 import torch
 from torch import nn
 
+import test_csd
 import test_dukd
 import test_mtkd_model
 import test_skd_model
@@ -70,12 +71,13 @@ def terms(model, names, seed=0):
     return sum(losses[name] for name in names)
 
 
-def check_gradient_path(model, names, probes, eps, tolerance):
+def check_gradient_path(model, names, probes, eps, tolerance, teacher_is_student=False):
     """Backpropagate the terms ``names`` alone. For each probed student parameter (a name in ``net_g``) the gradient
     g must be non-zero, and its derivative along a seeded random direction v, <g, v>, must equal the central
-    difference (f(θ + εv) − f(θ − εv)) / 2ε of the same terms within ``tolerance`` · ‖g‖ (every frozen output
-    identical at each evaluation). Frozen networks must take no gradient. Returns {trained network: names of its
-    parameters with a non-zero gradient}."""
+    difference (f(θ + εv) − f(θ − εv)) / 2ε of the same terms within ``tolerance`` · ‖g‖ (every teacher output
+    identical at each evaluation, unless ``teacher_is_student``: CSD's teacher is the student's super-network).
+    Frozen networks must take no gradient. Returns {trained network: names of its parameters with a non-zero
+    gradient}."""
     trained, frozen = networks(model)
     for net in (*trained.values(), *frozen.values()):
         net.zero_grad(set_to_none=True)
@@ -96,7 +98,7 @@ def check_gradient_path(model, names, probes, eps, tolerance):
                 evaluated.append(terms(model, names).item())
                 param.sub_(step * direction)
             for name, output in model.teacher_outputs.items():
-                assert torch.equal(output, targets[name]), f'the output of network_{name} changed'
+                assert teacher_is_student or torch.equal(output, targets[name]), f'the output of network_{name} changed'
         difference, derivative = (evaluated[0] - evaluated[1]) / (2 * eps), (grad * direction).sum().item()
         assert abs(difference - derivative) <= tolerance * grad.norm().item(), (
             f'{names}: the derivative along a direction of net_g.{probe} is {derivative:.6g} by autograd but '
@@ -214,4 +216,16 @@ def test_wavekd_term_reaches_every_student_parameter(tmp_path):
 def test_dukd_upcycled_terms_reach_every_student_parameter(tmp_path, term):
     model = built(test_dukd.dukd_opt(tmp_path, prob=0.5), tmp_path)  # tiles transformed and undone, zoom-out on
     receivers = check_gradient_path(model, [term], ['conv_first.weight', 'conv_last.weight'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g)}
+
+
+# ---------------------------------------------------------------------------------------------------------- CSD
+def test_csd_contrastive_term_reaches_the_whole_super_network_and_no_vgg_weight(tmp_path):
+    opt = test_csd.csd_opt(tmp_path, '/nonexistent')
+    # finite differences move the positive (the full width) with the slice: they check L_CL differentiated through
+    # both (detach_positive: false); the option files' constant positive is test_csd's gradient-mask test
+    opt['train']['detach_positive'] = False
+    model = built(opt, tmp_path)
+    receivers = check_gradient_path(model, ['l_csd'], ['conv_first.weight', 'body.1.conv2.weight', 'conv_last.weight'],
+                                    teacher_is_student=True, **FLOAT64)
     assert receivers == {'g': names_of(model.net_g)}
