@@ -1,6 +1,7 @@
 """Figures of the demo comparison (``basicsr_kd.demo_compare``): the paired gains as bars with their spread, and the
 validation crop where the students differ most, with each output's |error| against the ground truth."""
 import statistics
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -64,7 +65,8 @@ def crops_picture(panels, gts, image_names, title, path, size=CROP):
     vmax = max(np.percentile(np.concatenate([e.ravel() for e in errors]), 99), 1.)
     columns = min(len(panels) + 1, 8)
     rows = -(-(len(panels) + 1) // columns)
-    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.7 * columns, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.5 * columns + 1, 3.3 * rows + 1.4), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.9, bottom=0.02, top=1 - 1.4 / (3.3 * rows + 1.4), wspace=0.06, hspace=0.3)
     for ax in axes.ravel():
         ax.axis('off')
     cells = [('GT', gts[index], None)] + [(label, out[index], err) for (label, out, _), err in zip(panels, errors)]
@@ -73,12 +75,12 @@ def crops_picture(panels, gts, image_names, title, path, size=CROP):
         axes[row, column].imshow(crop(image)[..., ::-1], interpolation='nearest')
         if error is not None:
             psnr = 10 * np.log10(255. ** 2 / max(np.mean((crop(image).astype(np.float32) - gt) ** 2), 1e-10))
-            label = f'{label}\n{psnr:.2f} dB'
+            label = f'{textwrap.fill(label, 14)}\n{psnr:.2f} dB'
             shown = axes[row + 1, column].imshow(error, cmap='inferno', vmin=0, vmax=vmax, interpolation='nearest')
         axes[row, column].set_title(label, fontsize=8)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.5, label='|error| (grey levels, RGB mean)')
+    fig.colorbar(shown, cax=fig.add_axes([0.92, 0.3, 0.015, 0.4]), label='|error| (grey levels, RGB mean)')
     fig.suptitle(f'{title}: {image_names[index]}, {size}×{size} crop at ({top}, {left}) where the students differ '
-                 f'most; seed-0 students, PSNR (RGB) of the crop', fontsize=9)
+                 f'most;\nseed-0 students, PSNR (RGB) of the crop', fontsize=9, y=0.995)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return image_names[index], top, left
