@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, fixed,
-                      interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, same_tensors, shrink_option,
-                      snapshot)
+                      interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, same_tensors,
+                      shrink_option, snapshot)
 from basicsr.archs import build_network
 from test_skd_model import tiny
 
@@ -42,7 +42,8 @@ def model_from(opt, tmp_path):
 # ----------------------------------------------------------------------------------------------- loss references
 def distance_by_loop(a, b, distance, reduction):
     """reduce over every element of dist(a - b), element by element."""
-    values = [abs(x - y) if distance == 'l1' else (x - y)**2 for x, y in zip(a.flatten().tolist(), b.flatten().tolist())]
+    pairs = zip(a.flatten().tolist(), b.flatten().tolist())
+    values = [abs(x - y) if distance == 'l1' else (x - y)**2 for x, y in pairs]
     return sum(values) / len(values) if reduction == 'mean' else sum(values)
 
 
@@ -54,7 +55,8 @@ def block_means_by_loop(x, k):
         for c in range(channels):
             for i in range(height // k):
                 for j in range(width // k):
-                    out[b, c, i, j] = sum(x[b, c, i * k + u, j * k + v].item() for u in range(k) for v in range(k)) / k**2
+                    block = [x[b, c, i * k + u, j * k + v].item() for u in range(k) for v in range(k)]
+                    out[b, c, i, j] = sum(block) / k**2
     return out
 
 
@@ -163,7 +165,8 @@ def test_the_step_reads_no_training_image(tmp_path):
 
 @pytest.mark.parametrize('adversarial, reconstruction', [
     ({'distance': 'l1', 'reduction': 'mean', 'loss_weight': 1.0}, {'downscale': 4, 'loss_weight': 1.0}),
-    ({'distance': 'mse', 'reduction': 'sum', 'loss_weight': 0.5}, {'downscale': 2, 'distance': 'mse', 'loss_weight': 3.0}),
+    ({'distance': 'mse', 'reduction': 'sum', 'loss_weight': 0.5},
+     {'downscale': 2, 'distance': 'mse', 'loss_weight': 3.0}),
 ], ids=['paper', "authors' code reductions"])
 def test_the_terms_are_the_formulas_on_the_generated_inputs(tmp_path, adversarial, reconstruction):
     opt = dfkd_opt(tmp_path)
@@ -269,8 +272,8 @@ def test_auto_resume_restores_student_generator_and_both_optimisers(restoration_
     assert len(saved['optimizers']) == 2 and len(saved['schedulers']) == 2  # the student's and the generator's
     assert_optimisers_resumed(saved, resumed)
     models = tmp_path / 'experiments' / 'dfkd' / 'models'
-    assert sorted(path.name for path in models.iterdir()) == ['net_g_2.pth', 'net_g_latest.pth', 'net_gen_2.pth',
-                                                               'net_gen_latest.pth']  # no teacher
+    saved_files = ['net_g_2.pth', 'net_g_latest.pth', 'net_gen_2.pth', 'net_gen_latest.pth']  # no teacher
+    assert sorted(path.name for path in models.iterdir()) == saved_files
     gen_at_3 = torch.load(models / 'net_gen_latest.pth', weights_only=True)['params']
     assert differing_tensors(gen_at_3, at_2['gen'])  # and the generator trains on after the resume
     student = build_network(opt['network_g'])  # the student loads alone, strictly, as plain SRModel loads it

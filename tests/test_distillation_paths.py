@@ -1,6 +1,6 @@
-"""The distillation terms of DCKD, FACD, LSFD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student: for
-each term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of
-the same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the
+"""The distillation terms of DCKD, DFKD, FACD, LSFD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student:
+for each term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference
+of the same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the
 parameters that receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers
 the paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term
 fails here, whatever the value of the loss it logs."""
@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import test_dfkd
 import test_dukd
 import test_mtkd_model
 import test_skd_model
@@ -215,3 +216,10 @@ def test_dukd_upcycled_terms_reach_every_student_parameter(tmp_path, term):
     model = built(test_dukd.dukd_opt(tmp_path, prob=0.5), tmp_path)  # tiles transformed and undone, zoom-out on
     receivers = check_gradient_path(model, [term], ['conv_first.weight', 'conv_last.weight'], **FLOAT64)
     assert receivers == {'g': names_of(model.net_g)}
+
+
+# ------------------------------------------------------------------------------------------------------- DFKD
+def test_dfkd_student_term_reaches_every_student_parameter_and_not_the_generator(tmp_path):
+    model = built(test_dfkd.dfkd_opt(tmp_path), tmp_path)  # the student's input is G(z), made under no_grad
+    receivers = check_gradient_path(model, ['l_kd'], ['patch_embed.proj.weight', 'output.weight'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g), 'gen': set()}
