@@ -2,8 +2,8 @@
 student: for each term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite
 difference of the same term (the step's forwards and the term evaluated again, seeded, every frozen output identical),
 and the parameters that receive gradient from it are the student's (those upstream of the taps, for a feature term), the
-helpers the paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term
-fails here, whatever the value of the loss it logs."""
+helpers the paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before
+a term fails here, whatever the value of the loss it logs."""
 import pytest
 import torch
 from torch import nn
