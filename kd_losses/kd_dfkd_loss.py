@@ -37,9 +37,9 @@ class KDDFKDDistance(nn.Module):
 
 @LOSS_REGISTRY.register()
 class KDDFKDAdversarialLoss(KDDFKDDistance):
-    """DFKD's adversarial generator loss L_GEN (the paper's Sec. 3.2, "L_GEN = −log(L_KD + 1)"): the generator G is
-    trained to make inputs on which the student S and the frozen teacher T disagree, through the student's KD loss
-    on its images::
+    """DFKD's adversarial generator loss L_GEN (the paper's "L_GEN = −log(L_KD + 1)", L_KD its KD loss): the
+    generator G is trained to make inputs on which the student S and the frozen teacher T disagree, through the
+    student's KD loss on its images::
 
         L_GEN = −w_G · log(1 + D(S(G(z)), T(G(z)))),   D(a, b) = (1/n) Σ_i |a_i − b_i|
 
@@ -81,7 +81,7 @@ class KDDFKDReconstructionLoss(KDDFKDDistance):
 
     with A_k the mean over each k × k block (``avg_pool2d`` with kernel and stride k; A_1 is the identity).
 
-    The paper's L_R (Sec. 3.2, for super-resolution) is D(R(T(G(z))), G(z)) with R the bicubic downsampling by the SR
+    The paper's L_R (for super-resolution) is D(R(T(G(z))), G(z)) with R the bicubic downsampling by the SR
     scale: the teacher's output, degraded again, must give back the LR input it came from. A restoration network
     (deraining, deblurring, denoising) maps a degraded image to a clean one of the same size, and its degradation (rain
     streaks, an unknown blur, random noise) cannot be applied again to T(G(z)). What the degradations of these tasks
