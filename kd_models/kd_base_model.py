@@ -147,7 +147,9 @@ class KDBaseModel(SRModel):
       same way (``path.pretrain_network_<name>``), e.g. DCKD's VQGAN encoder.
     - ``network_<name>`` for each name in the method's ``helper_networks``: trainable helpers (regressors,
       projectors...), optimised with the student by ``optim_g``, wrapped in DDP, saved as ``net_<name>_<iter>.pth``
-      and restored on resume. Any other ``network_*`` key is refused before the first step.
+      and restored on resume. Any other ``network_*`` key is refused before the first step. A helper named in the
+      method's ``own_optimizer_helpers`` is trained by its own optimiser instead, ``train.optim_<name>`` (DFKD's
+      generator, which maximises what the student minimises), also saved and resumed with the training state.
     - ``train.teacher_inputs``: ``{t1: lq, t2: gt}``: what each teacher is fed (default: the LQ input).
     - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
       after each forward (``self.taps[<name>]``), each list in execution order (checked by ``probe_taps`` for the
@@ -203,6 +205,7 @@ class KDBaseModel(SRModel):
     frozen_networks = ()
     frozen_copies = ()
     helper_networks = ()
+    own_optimizer_helpers = ()  # helpers trained by an optimiser of their own, train.optim_<name> (DFKD's generator)
     single_teacher = False  # True: the method distils exactly one teacher, network_t
     not_for_testing = None  # why a model whose test() needs its training set-up is refused under test.py
     # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py): a tuple of loss class names is a
@@ -525,18 +528,34 @@ class KDBaseModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------- training
     def setup_optimizers(self):
-        """The student's ``optim_g`` also optimises every trainable helper."""
+        """The student's ``optim_g`` also optimises every trainable helper but those of ``own_optimizer_helpers``,
+        which get an optimiser each from ``train.optim_<name>`` (``self.helper_optimizers[name]``), appended to
+        ``self.optimizers``: BasicSR then gives each its scheduler (``train.scheduler``), saves and resumes it."""
         super().setup_optimizers()
-        helper_params = [p for net in self.helpers.values() for p in net.parameters() if p.requires_grad]
+        helper_params = [p for name, net in self.helpers.items() if name not in self.own_optimizer_helpers
+                         for p in net.parameters() if p.requires_grad]
         if helper_params:
             self.optimizer_g.add_param_group({'params': helper_params})
+        self.helper_optimizers = OrderedDict()
+        for name in self.own_optimizer_helpers:
+            if name not in self.helpers:
+                continue
+            key = f'optim_{name}'
+            optim_opt = dict(self.opt['train'].get(key) or {})
+            if 'type' not in optim_opt or 'lr' not in optim_opt:
+                raise ValueError(f'train.{key} must give the type and lr of the optimiser of network_{name} '
+                                 f'(e.g. {{type: Adam, lr: 1.0e-4}}); have {optim_opt or "nothing"}')
+            params = [p for p in self.helpers[name].parameters() if p.requires_grad]
+            optimizer = self.get_optimizer(optim_opt.pop('type'), params, option=f'train.{key}', **optim_opt)
+            self.helper_optimizers[name] = optimizer
+            self.optimizers.append(optimizer)
 
-    def get_optimizer(self, optim_type, params, lr, **kwargs):
+    def get_optimizer(self, optim_type, params, lr, option='train.optim_g', **kwargs):
         """Any ``torch.optim`` optimiser by its class name (the papers' restoration runs use ``AdamW``); BasicSR
-        1.4.2's own builds only ``Adam``."""
+        1.4.2's own builds only ``Adam``. ``option``: the key named in errors."""
         optimizer_class = getattr(torch.optim, optim_type, None)
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-            raise ValueError(f'train.optim_g.type = {optim_type} is not an optimiser of torch.optim '
+            raise ValueError(f'{option}.type = {optim_type} is not an optimiser of torch.optim '
                              '(e.g. Adam, AdamW, SGD)')
         return optimizer_class(params, lr, **kwargs)
 

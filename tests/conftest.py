@@ -110,6 +110,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         opt['train']['num_negatives'] = 2
     if opt['train'].get('history'):  # DCKD's history model: updated at every iteration of the short run
         opt['train']['history']['update_schedule'] = [[total_iter, 1]]
+    if opt['train'].get('dfkd'):  # DFKD's generator: a step after every student step of the short run
+        opt['train']['dfkd']['student_steps'] = 1
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)

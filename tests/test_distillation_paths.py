@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import test_csd
+import test_dfkd
 import test_dukd
 import test_mtkd_model
 import test_skd_model
@@ -229,3 +230,10 @@ def test_csd_contrastive_term_reaches_the_whole_super_network_and_no_vgg_weight(
     receivers = check_gradient_path(model, ['l_csd'], ['conv_first.weight', 'body.1.conv2.weight', 'conv_last.weight'],
                                     teacher_is_student=True, **FLOAT64)
     assert receivers == {'g': names_of(model.net_g)}
+
+
+# ------------------------------------------------------------------------------------------------------- DFKD
+def test_dfkd_student_term_reaches_every_student_parameter_and_not_the_generator(tmp_path):
+    model = built(test_dfkd.dfkd_opt(tmp_path), tmp_path)  # the student's input is G(z), made under no_grad
+    receivers = check_gradient_path(model, ['l_kd'], ['patch_embed.proj.weight', 'output.weight'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g), 'gen': set()}
