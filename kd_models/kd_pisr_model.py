@@ -41,16 +41,19 @@ class KDPISRTeacherModel(KDBaseModel):
     (L1; the authors' λ_T = 1e-4, their configs/fsrcnn/step1.yml), the imitation loss that makes Ẑ look like an LR
     image. There is no frozen network. Ẑ is kept by a forward hook on the module ``encoder``.
 
-    ``path.pretrain_network_decoder`` (optional) starts the decoder from a trained SR network's weights (``param_key_decoder``:
-    params_ema, falling back to params; ``strict_load_decoder``: true), e.g. the file the other methods load as their
-    teacher; it is not read when ``path.pretrain_network_g`` is set (a resumed run or a started teacher).
+    ``path.pretrain_network_decoder`` (optional) starts the decoder from a trained SR network's weights
+    (``param_key_decoder``: params_ema, falling back to params; ``strict_load_decoder``: true), e.g. the file the other
+    methods load as their teacher; it is not read when ``path.pretrain_network_g`` is set (a resumed run or a started
+    teacher). The name holds ``pretrain_network`` so that BasicSR neither makes a folder of it nor leaves ``~``
+    unexpanded.
 
     Validation and ``test()`` feed the teacher the GT image (its input), so its metrics are those of the teacher with
     privileged information: stage 2's upper reference, not an SR result.
 
     Overrides ``__init__`` (checks ``network_g`` before SRModel builds it), ``teacher_names`` (none),
-    ``init_training_settings`` (the imitation loss, the encoder's hook, the
-    decoder's start), ``forward_networks`` (the teacher on GT), ``compute_losses`` (adds ``l_im``) and ``test``.
+    ``init_training_settings`` (the imitation loss, the encoder's hook, the decoder's start),
+    ``write_random_frozen_files`` (a random decoder file for the tools), ``forward_networks`` (the teacher on GT),
+    ``compute_losses`` (adds ``l_im``) and ``test``.
 
     Example::
 
@@ -102,7 +105,8 @@ class KDPISRTeacherModel(KDBaseModel):
         if param_key == 'params_ema' and isinstance(checkpoint, dict) and param_key not in checkpoint:
             param_key = 'params'
         if not isinstance(checkpoint, dict) or param_key not in checkpoint:
-            raise KeyError(f'path.pretrain_network_decoder = {load_path}: no "{param_key}" in it (path.param_key_decoder)')
+            raise KeyError(f'path.pretrain_network_decoder = {load_path}: no "{param_key}" in it '
+                           '(path.param_key_decoder)')
         state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
                             for k, v in checkpoint[param_key].items())
         decoder = self.get_bare_model(self.net_g).decoder

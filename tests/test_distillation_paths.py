@@ -1,15 +1,16 @@
-"""The distillation terms of DCKD, FACD, LSFD, MTKD (stage 2), SKD, SLKD and WaveKD carry gradient to the student: for
-each term alone, the autograd gradient of a few student parameters is non-zero and equals a central finite difference of
-the same term (the step's forwards and the term evaluated again, seeded, every frozen output identical), and the
-parameters that receive gradient from it are the student's (those upstream of the taps, for a feature term), the helpers
-the paper trains with it, and never a frozen network. A ``.detach()`` of the student's output or features before a term
-fails here, whatever the value of the loss it logs."""
+"""The distillation terms of DCKD, FACD, LSFD, MTKD (stage 2), PISR (both stages), SKD, SLKD and WaveKD carry gradient
+to the student: for each term alone, the autograd gradient of a few student parameters is non-zero and equals a central
+finite difference of the same term (the step's forwards and the term evaluated again, seeded, every frozen output
+identical), and the parameters that receive gradient from it are the student's (those upstream of the taps, for a
+feature term), the helpers the paper trains with it, and never a frozen network. A ``.detach()`` of the student's output
+or features before a term fails here, whatever the value of the loss it logs."""
 import pytest
 import torch
 from torch import nn
 
 import test_dukd
 import test_mtkd_model
+import test_pisr
 import test_skd_model
 import test_wavekd_model
 from conftest import build_model_from, random_batch, shrink_option
@@ -215,3 +216,19 @@ def test_dukd_upcycled_terms_reach_every_student_parameter(tmp_path, term):
     model = built(test_dukd.dukd_opt(tmp_path, prob=0.5), tmp_path)  # tiles transformed and undone, zoom-out on
     receivers = check_gradient_path(model, [term], ['conv_first.weight', 'conv_last.weight'], **FLOAT64)
     assert receivers == {'g': names_of(model.net_g)}
+
+
+# ------------------------------------------------------------------------------------------------------- PISR
+def test_pisr_vid_term_reaches_the_student_up_to_its_tap_and_the_whole_vid_regressor(demo_root, tmp_path):
+    model = built(test_pisr.pisr_opt(demo_root, tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_vid'], ['conv_first.weight', 'body.1.conv2.weight',
+                                                       'conv_after_body.bias'], **FLOAT64)
+    student = model.net_g
+    assert receivers == {'g': names_of(student) - names_of(student, 'upsample.', 'conv_last.'),
+                         'vid': names_of(model.helpers['vid'])}
+
+
+def test_pisr_imitation_term_reaches_the_teachers_encoder_only(demo_root, tmp_path):
+    model = built(test_pisr.stage1_opt(demo_root, tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_im'], ['encoder.body.0.weight', 'encoder.body.6.bias'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g, 'encoder.')}

@@ -273,4 +273,5 @@ def test_stage1_auto_resume_restores_the_teacher_and_optimiser_not_the_decoder_f
     saved, resumed, at_iter_2, result = interrupted_and_resumed(opt, str(tmp_path))
     assert not differing_tensors(resumed['networks']['g'], at_iter_2['g'])
     assert_optimisers_resumed(saved, resumed)
-    assert 'path.pretrain_network_decoder' in result.stdout + result.stderr and 'not read' in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert 'path.pretrain_network_decoder' in log and 'not read' in log
