@@ -1,8 +1,14 @@
 """PISR's teacher (Lee, Lee, Kim and Ham, "Learning with Privileged Information for Efficient Image Super-Resolution",
 ECCV 2020): an encoder that sees the HR image and compresses it to an LR-size image, and a decoder, an SR network."""
 from torch import nn
-from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
+
+
+def build_part(net_opt):
+    """A network of the registry from its options (BasicSR's ``build_network`` without importing ``basicsr.archs``,
+    which a fork is still importing while it scans this file)."""
+    net_opt = dict(net_opt)
+    return ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
 
 
 @ARCH_REGISTRY.register()
@@ -69,8 +75,8 @@ class KDPISRTeacher(nn.Module):
             raise ValueError(f'KDPISRTeacher: encoder.scale = {down} but decoder.upscale = {up}: the decoder must '
                              'bring the encoder\'s LR-size image back to the HR size')
         self.scale = up
-        self.encoder = build_network(dict(encoder))
-        self.decoder = build_network(dict(decoder))
+        self.encoder = build_part(encoder)
+        self.decoder = build_part(decoder)
 
     def forward(self, hr):
         return self.decoder(self.encoder(hr))

@@ -150,7 +150,7 @@ class KDPISRTeacherModel(KDBaseModel):
 
 
 @MODEL_REGISTRY.register()
-class KDPISRModel(KDBaseModel):
+class KDPISRStudentModel(KDBaseModel):
     """PISR stage 2, the student: the frozen stage-1 teacher ``network_t`` (a ``KDPISRTeacher``, loaded from the
     ``net_g_<iter>.pth`` of a ``KDPISRTeacherModel`` run) sees the GT image, the student ``network_g`` (a plain SR
     network) the LR image, and the student is trained on
@@ -170,7 +170,7 @@ class KDPISRModel(KDBaseModel):
 
     Example::
 
-        model_type: KDPISRModel
+        model_type: KDPISRStudentModel
         network_g: {type: EDSR, num_feat: 64, num_block: 16, upscale: 4, res_scale: 1}
         network_t: {type: KDPISRTeacher, encoder: {type: KDPISREncoder, scale: 4},
                     decoder: {type: EDSR, num_feat: 256, num_block: 32, upscale: 4, res_scale: 0.1}}
@@ -191,7 +191,7 @@ class KDPISRModel(KDBaseModel):
 
     def check_teacher_inputs(self):
         if self.opt['train'].get('teacher_inputs'):
-            raise ValueError('train.teacher_inputs: KDPISRModel always feeds its teacher the GT image (PISR\'s '
+            raise ValueError('train.teacher_inputs: KDPISRStudentModel always feeds its teacher the GT image (PISR\'s '
                              'privileged information); remove the key')
         return {'t': 'gt'}
 
@@ -202,11 +202,11 @@ class KDPISRModel(KDBaseModel):
     def init_training_settings(self):
         train_opt = self.opt['train']
         if not train_opt.get('vid_opt') or 'network_vid' not in self.opt:
-            raise ValueError('KDPISRModel needs train.vid_opt (KDVIDLoss, lambda_S * L_distill) and network_vid '
+            raise ValueError('KDPISRStudentModel needs train.vid_opt (KDVIDLoss, lambda_S * L_distill) and network_vid '
                              '(KDVIDRegressor, its mean and scale per tap)')
         taps = train_opt.get('feature_taps') or {}
         if not taps.get('network_g') or not taps.get('network_t'):
-            raise ValueError('KDPISRModel needs train.feature_taps.network_g and .network_t: the student\'s features '
+            raise ValueError('KDPISRStudentModel needs train.feature_taps.network_g and .network_t: the student\'s features '
                              'and the teacher decoder\'s (paths under decoder.) that VID pairs')
         super().init_training_settings()  # its probe forward checks the taps (check_tapped_features)
         self.cri_vid = self.build_train_loss('vid_opt')

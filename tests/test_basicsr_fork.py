@@ -71,7 +71,7 @@ def test_only_the_fork_is_importable(fork):
                                                 ('dukd_rcan_x3.yml', 'KDDUKDModel'),
                                                 ('csd_edsr_x2.yml', 'KDCSDModel'),
                                                 ('pisr_stage1_edsr_x2.yml', 'KDPISRTeacherModel'),
-                                                ('pisr_edsr_x2.yml', 'KDPISRModel')],
+                                                ('pisr_edsr_x2.yml', 'KDPISRStudentModel')],
                          ids=['logits', 'fitnet', 'facd', 'slkd', 'dckd', 'mtkd', 'skd', 'wavekd', 'lsfd', 'dukd',
                               'csd', 'pisr stage 1', 'pisr'])
 def test_copied_files_train_with_the_forks_train_py(fork, demo_root, restoration_root, tmp_path, option, model_type):

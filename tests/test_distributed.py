@@ -21,7 +21,7 @@ from conftest import OPTIONS, differing_tensors, load_option, shrink_option, two
     ('lsfd_edsr_x2.yml', 'KDRecordingFeatureModel', ['g', 'reg'], 'demo_root'),
     ('dukd_edsr_x2.yml', 'KDRecordingDUKDModel', ['g'], 'demo_root'),
     ('csd_edsr_x2.yml', 'KDRecordingCSDModel', ['g'], 'demo_root'),
-    ('pisr_edsr_x2.yml', 'KDRecordingPISRModel', ['g', 'vid'], 'demo_root'),
+    ('pisr_edsr_x2.yml', 'KDRecordingPISRStudentModel', ['g', 'vid'], 'demo_root'),
 ], ids=['logits', 'fitnet with a trainable regressor', 'progressive patches of padded pairs', 'wavekd',
         'lsfd with a five-layer regressor', 'dukd: two student forwards (LQ + zoom-in, zoom-out) per step',
         'csd: both widths in one DDP forward', 'pisr: the VID regressor, the teacher fed GT'])

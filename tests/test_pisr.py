@@ -1,5 +1,5 @@
 """PISR: the VID loss (KDVIDLoss) against loops over its printed per-element likelihoods, the VID regressor and the
-teacher's encoder (KDPISREncoder, KDPISRTeacher), and both stages (KDPISRTeacherModel, KDPISRModel): the terms of a
+teacher's encoder (KDPISREncoder, KDPISRTeacher), and both stages (KDPISRTeacherModel, KDPISRStudentModel): the terms of a
 step recomputed by hand, where gradients go, the student's checkpoint in a plain SRModel, errors named by their key,
 --auto_resume. DDP in test_distributed.py, the gradient path of the VID term in test_distillation_paths.py."""
 import math
@@ -232,19 +232,19 @@ def test_stage2_checkpoint_is_a_plain_network_and_the_regressor_is_saved_beside_
 
 
 @pytest.mark.parametrize('change, message', [
-    (lambda opt: opt['train'].pop('vid_opt'), r'KDPISRModel needs train.vid_opt'),
-    (lambda opt: opt.pop('network_vid'), r'KDPISRModel needs train.vid_opt .* and network_vid'),
+    (lambda opt: opt['train'].pop('vid_opt'), r'KDPISRStudentModel needs train.vid_opt'),
+    (lambda opt: opt.pop('network_vid'), r'KDPISRStudentModel needs train.vid_opt .* and network_vid'),
     (lambda opt: opt['network_vid'].update(out_channels=[16]),
      r"network_vid.out_channels = \[16\] but the taps train.feature_taps.network_t = \['decoder.conv_after_body'\] "
      r'have \[24\] channels'),
-    (lambda opt: opt['train'].update(teacher_inputs={'t': 'lq'}), r'train.teacher_inputs: KDPISRModel always feeds'),
+    (lambda opt: opt['train'].update(teacher_inputs={'t': 'lq'}), r'train.teacher_inputs: KDPISRStudentModel always feeds'),
     (lambda opt: opt['network_t']['decoder'].update(upscale=3), r'network_t.decoder.upscale = 3 but scale = 2'),
     (lambda opt: opt['network_t'].update(type='EDSR'), r"network_t.type = EDSR: PISR's teacher is a KDPISRTeacher"),
     (lambda opt: opt['train']['feature_taps'].update(network_t=['decoder.conv_after_body', 'decoder.conv_last']),
      r'must pair the taps: one teacher tap per student tap'),
     (lambda opt: opt['train']['vid_opt'].update(distribution='cauchy'),
      r'train.vid_opt: KDVIDLoss: distribution must be one of'),
-    (lambda opt: opt['train']['vid_opt'].update(type='L1Loss'), r'train.vid_opt.type = L1Loss: KDPISRModel takes'),
+    (lambda opt: opt['train']['vid_opt'].update(type='L1Loss'), r'train.vid_opt.type = L1Loss: KDPISRStudentModel takes'),
 ], ids=['no vid_opt', 'no network_vid', 'regressor channels', 'teacher inputs', 'teacher scale', 'not a PISR teacher',
         'unpaired taps', 'distribution', 'loss kind'])
 def test_stage2_wrong_configuration_fails_before_the_first_step(demo_root, tmp_path, change, message):
@@ -257,7 +257,7 @@ def test_stage2_wrong_configuration_fails_before_the_first_step(demo_root, tmp_p
 # ------------------------------------------------------------------------------------------------ resume
 def test_stage2_auto_resume_restores_student_regressor_and_optimiser(demo_root, tmp_path):
     opt = pisr_opt(demo_root, tmp_path, 'resume')
-    opt['model_type'] = 'KDRecordingPISRModel'
+    opt['model_type'] = 'KDRecordingPISRStudentModel'
     saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     for name in ('g', 'vid'):
         assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
