@@ -174,7 +174,8 @@ class KDBaseModel(SRModel):
       A loss of another kind is refused first thing in ``init_training_settings`` (``check_loss_kinds``);
       ``build_train_loss(key)`` builds one.
     - ``check_tapped_features(features)``: the method's checks of its taps (channels, sizes) on the features of one
-      probe forward before the first step (``probe_taps``, which also checks each tap list's order).
+      probe forward before the first step (``probe_taps``, which also checks each tap list's order);
+      ``probe_input(name, image)``: what each network is fed there (PISR's teacher, fed GT, gets the GT size).
 
     - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
       ``self.diagnostics`` are logged beside them but not optimised.

@@ -206,8 +206,8 @@ class KDPISRStudentModel(KDBaseModel):
                              '(KDVIDRegressor, its mean and scale per tap)')
         taps = train_opt.get('feature_taps') or {}
         if not taps.get('network_g') or not taps.get('network_t'):
-            raise ValueError('KDPISRStudentModel needs train.feature_taps.network_g and .network_t: the student\'s features '
-                             'and the teacher decoder\'s (paths under decoder.) that VID pairs')
+            raise ValueError('KDPISRStudentModel needs train.feature_taps.network_g and .network_t: the student\'s '
+                             'features and the teacher decoder\'s (paths under decoder.) that VID pairs')
         super().init_training_settings()  # its probe forward checks the taps (check_tapped_features)
         self.cri_vid = self.build_train_loss('vid_opt')
 

@@ -1,7 +1,7 @@
 """PISR: the VID loss (KDVIDLoss) against loops over its printed per-element likelihoods, the VID regressor and the
-teacher's encoder (KDPISREncoder, KDPISRTeacher), and both stages (KDPISRTeacherModel, KDPISRStudentModel): the terms of a
-step recomputed by hand, where gradients go, the student's checkpoint in a plain SRModel, errors named by their key,
---auto_resume. DDP in test_distributed.py, the gradient path of the VID term in test_distillation_paths.py."""
+teacher's encoder (KDPISREncoder, KDPISRTeacher), and both stages (KDPISRTeacherModel, KDPISRStudentModel): the terms
+of a step recomputed by hand, where gradients go, the student's checkpoint in a plain SRModel, errors named by their
+key, --auto_resume. DDP in test_distributed.py, the gradient path of the VID term in test_distillation_paths.py."""
 import math
 import os
 
@@ -125,9 +125,8 @@ def test_the_encoder_makes_an_lr_size_image_and_the_teacher_an_hr_size_one(scale
     assert torch.equal(teacher(hr), teacher.decoder(teacher.encoder(hr)))
     strides = [m.stride for m in teacher.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert strides == [(1, 1), (scale, scale), (1, 1), (1, 1)]
-    with pytest.raises(ValueError, match=r'encoder.scale = 3 but decoder.upscale = 2'):
-        build_network({'type': 'KDPISRTeacher', 'encoder': {**encoder, 'scale': 3}, 'decoder': {**decoder,
-                                                                                                  'upscale': 2}})
+    with pytest.raises(ValueError, match=rf'encoder.scale = 3 but decoder.upscale = {scale}'):
+        build_network({'type': 'KDPISRTeacher', 'encoder': {**encoder, 'scale': 3}, 'decoder': decoder})
 
 
 # ------------------------------------------------------------------------------------------------ stage 1
@@ -183,8 +182,8 @@ def test_stage1_wrong_configuration_fails_before_the_first_step(demo_root, tmp_p
 def test_stage2_step_is_l1_plus_vid_on_the_teacher_fed_gt(demo_root, tmp_path):
     opt = pisr_opt(demo_root, tmp_path)
     model = build_model_from(opt, str(tmp_path / 'exp'))
-    student, teacher, vid = (model.get_bare_model(net) for net in (model.net_g, model.teachers['t'],
-                                                                    model.helpers['vid']))
+    nets = (model.net_g, model.teachers['t'], model.helpers['vid'])
+    student, teacher, vid = (model.get_bare_model(net) for net in nets)
     batch = random_batch(scale=2)
     model.feed_data(batch)
     kept = {}
@@ -234,19 +233,22 @@ def test_stage2_checkpoint_is_a_plain_network_and_the_regressor_is_saved_beside_
 @pytest.mark.parametrize('change, message', [
     (lambda opt: opt['train'].pop('vid_opt'), r'KDPISRStudentModel needs train.vid_opt'),
     (lambda opt: opt.pop('network_vid'), r'KDPISRStudentModel needs train.vid_opt .* and network_vid'),
+    (lambda opt: opt['train'].pop('feature_taps'), r'needs train.feature_taps.network_g and .network_t'),
     (lambda opt: opt['network_vid'].update(out_channels=[16]),
      r"network_vid.out_channels = \[16\] but the taps train.feature_taps.network_t = \['decoder.conv_after_body'\] "
      r'have \[24\] channels'),
-    (lambda opt: opt['train'].update(teacher_inputs={'t': 'lq'}), r'train.teacher_inputs: KDPISRStudentModel always feeds'),
+    (lambda opt: opt['train'].update(teacher_inputs={'t': 'lq'}),
+     r'train.teacher_inputs: KDPISRStudentModel always feeds'),
     (lambda opt: opt['network_t']['decoder'].update(upscale=3), r'network_t.decoder.upscale = 3 but scale = 2'),
     (lambda opt: opt['network_t'].update(type='EDSR'), r"network_t.type = EDSR: PISR's teacher is a KDPISRTeacher"),
     (lambda opt: opt['train']['feature_taps'].update(network_t=['decoder.conv_after_body', 'decoder.conv_last']),
      r'must pair the taps: one teacher tap per student tap'),
     (lambda opt: opt['train']['vid_opt'].update(distribution='cauchy'),
      r'train.vid_opt: KDVIDLoss: distribution must be one of'),
-    (lambda opt: opt['train']['vid_opt'].update(type='L1Loss'), r'train.vid_opt.type = L1Loss: KDPISRStudentModel takes'),
-], ids=['no vid_opt', 'no network_vid', 'regressor channels', 'teacher inputs', 'teacher scale', 'not a PISR teacher',
-        'unpaired taps', 'distribution', 'loss kind'])
+    (lambda opt: opt['train']['vid_opt'].update(type='L1Loss'),
+     r'train.vid_opt.type = L1Loss: KDPISRStudentModel takes'),
+], ids=['no vid_opt', 'no network_vid', 'no taps', 'regressor channels', 'teacher inputs', 'teacher scale',
+        'not a PISR teacher', 'unpaired taps', 'distribution', 'loss kind'])
 def test_stage2_wrong_configuration_fails_before_the_first_step(demo_root, tmp_path, change, message):
     opt = pisr_opt(demo_root, tmp_path)
     change(opt)
