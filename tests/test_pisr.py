@@ -125,8 +125,8 @@ def test_the_encoder_makes_an_lr_size_image_and_the_teacher_an_hr_size_one(scale
     assert torch.equal(teacher(hr), teacher.decoder(teacher.encoder(hr)))
     strides = [m.stride for m in teacher.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert strides == [(1, 1), (scale, scale), (1, 1), (1, 1)]
-    with pytest.raises(ValueError, match=rf'encoder.scale = 3 but decoder.upscale = {scale}'):
-        build_network({'type': 'KDPISRTeacher', 'encoder': {**encoder, 'scale': 3}, 'decoder': decoder})
+    with pytest.raises(ValueError, match=rf'encoder.scale = {scale + 1} but decoder.upscale = {scale}'):
+        build_network({'type': 'KDPISRTeacher', 'encoder': {**encoder, 'scale': scale + 1}, 'decoder': decoder})
 
 
 # ------------------------------------------------------------------------------------------------ stage 1
