@@ -176,7 +176,8 @@ class KDBaseModel(SRModel):
       A loss of another kind is refused first thing in ``init_training_settings`` (``check_loss_kinds``);
       ``build_train_loss(key)`` builds one.
     - ``check_tapped_features(features)``: the method's checks of its taps (channels, sizes) on the features of one
-      probe forward before the first step (``probe_taps``, which also checks each tap list's order).
+      probe forward before the first step (``probe_taps``, which also checks each tap list's order);
+      ``probe_input(name, image)``: what each network is fed there (PISR's teacher, fed GT, gets the GT size).
 
     - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
       ``self.diagnostics`` are logged beside them but not optimised.
@@ -493,29 +494,36 @@ class KDBaseModel(SRModel):
         with torch.no_grad():
             for name, net in nets.items():
                 self.taps[name].features = {}
-                net(image)
+                net(self.probe_input(name, image))
                 self.taps[name].check_order()
                 features[name] = self.taps[name].take()
         student.train(training)
         return features
 
+    def probe_input(self, name, image):
+        """What network ``name`` (``g`` or a teacher) is fed in ``probe_taps``, from its LQ-size zero ``image``:
+        ``image`` itself by default. A teacher fed another input in training (PISR's, the GT image) gets its size."""
+        return image
+
     def check_tapped_features(self, features):
         """Called once before the first step with ``probe_taps()``'s {name: [tapped features]}: a method checks its
         taps' channels and sizes there (naming the option keys). Default: nothing."""
 
-    def check_paired_taps(self, features, regressor=False, same_channels=False):
+    def check_paired_taps(self, features, regressor=False, same_channels=False, regressor_name='reg'):
         """For a method that pairs the student's taps (``g``) with the teacher's (``t``) by index, on the probe
-        features: with ``regressor``, ``network_reg`` maps each student tap's channels to its teacher tap's
-        (``in_channels``/``out_channels``); otherwise ``same_channels`` asks for equal channels (a loss that compares
-        the features element-wise); paired maps share their spatial size. Each failure names the option keys."""
+        features: with ``regressor``, ``network_<regressor_name>`` (``network_reg`` by default) maps each student
+        tap's channels to its teacher tap's (``in_channels``/``out_channels``); otherwise ``same_channels`` asks for
+        equal channels (a loss that compares the features element-wise); paired maps share their spatial size. Each
+        failure names the option keys."""
         student, teacher = features['g'], features['t']
         paths_g, paths_t = self.taps['g'].paths, self.taps['t'].paths
         if regressor:
-            reg_opt = self.opt['network_reg']
+            reg_key = f'network_{regressor_name}'
+            reg_opt = self.opt[reg_key]
             for key, net, maps in (('in_channels', 'network_g', student), ('out_channels', 'network_t', teacher)):
                 channels = [feature.shape[1] for feature in maps]
                 if list(reg_opt.get(key) or []) != channels:
-                    raise ValueError(f'network_reg.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
+                    raise ValueError(f'{reg_key}.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
                                      f'{self.opt["train"]["feature_taps"][net]} have {channels} channels')
         for path_g, path_t, feature_g, feature_t in zip(paths_g, paths_t, student, teacher):
             if feature_g.shape[2:] != feature_t.shape[2:]:

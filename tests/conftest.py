@@ -53,6 +53,9 @@ def shrink_network(net_opt):
             net_opt[key] = [value] * len(net_opt[key])
     if net_opt.get('type') == 'KDSlimmableRCAN':  # CSD's slice squeezes w * num_feat // squeeze_factor channels: 1
         net_opt['squeeze_factor'] = 4
+    for key in ('encoder', 'decoder'):  # networks built from nested network dicts (PISR's teacher)
+        if isinstance(net_opt.get(key), dict):
+            net_opt[key] = shrink_network(net_opt[key])
     if net_opt.get('type') == 'KDVQGANEncoder':  # DCKD's encoder: the same levels and taps, 32 channels at the first
         net_opt['ddconfig'] = {**(net_opt.get('ddconfig') or {}), 'ch': 32}
     return net_opt

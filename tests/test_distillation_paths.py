@@ -12,6 +12,7 @@ import test_csd
 import test_dfkd
 import test_dukd
 import test_mtkd_model
+import test_pisr
 import test_skd_model
 import test_wavekd_model
 from conftest import build_model_from, random_batch, shrink_option
@@ -237,3 +238,19 @@ def test_dfkd_student_term_reaches_every_student_parameter_and_not_the_generator
     model = built(test_dfkd.dfkd_opt(tmp_path), tmp_path)  # the student's input is G(z), made under no_grad
     receivers = check_gradient_path(model, ['l_kd'], ['patch_embed.proj.weight', 'output.weight'], **FLOAT64)
     assert receivers == {'g': names_of(model.net_g), 'gen': set()}
+
+
+# ------------------------------------------------------------------------------------------------------- PISR
+def test_pisr_vid_term_reaches_the_student_up_to_its_tap_and_the_whole_vid_regressor(demo_root, tmp_path):
+    model = built(test_pisr.pisr_opt(demo_root, tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_vid'], ['conv_first.weight', 'body.1.conv2.weight',
+                                                       'conv_after_body.bias'], **FLOAT64)
+    student = model.net_g
+    assert receivers == {'g': names_of(student) - names_of(student, 'upsample.', 'conv_last.'),
+                         'vid': names_of(model.helpers['vid'])}
+
+
+def test_pisr_imitation_term_reaches_the_teachers_encoder_only(demo_root, tmp_path):
+    model = built(test_pisr.stage1_opt(demo_root, tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_im'], ['encoder.body.0.weight', 'encoder.body.6.bias'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g, 'encoder.')}
