@@ -1,0 +1,164 @@
+"""MiPKD (Li et al., "Knowledge Distillation with Multi-granularity Mixture of Priors for Image Super-Resolution",
+ICLR 2025, arXiv:2404.02573): the feature prior mixer and the block prior mixer on top of Logits KD."""
+from contextlib import contextmanager
+
+import torch
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from .kd_base_model import PIXEL_LOSSES, KDBaseModel
+from .kd_logits_model import KDLogitsModel
+from .kd_token_maps import map_to_tokens, tokens_to_maps
+
+MIXING_KEYS = ('mask_ratio', 'student_prob')
+
+
+@contextmanager
+def replaced_outputs(net, replacements):
+    """Forward hooks that make the modules of ``net`` named in ``replacements`` ({module path: NCHW map}) return the
+    given map instead of their own output (as tokens where the module gives tokens). The hook returns a copy: the
+    network may change the output of a module in place afterwards (EDSR and RCAN add the head to
+    ``conv_after_body``'s output), which must not touch a tensor a loss also reads."""
+    modules = dict(net.named_modules())
+    handles = []
+    for path, value in replacements.items():
+
+        def replace(module, inputs, output, value=value):
+            return map_to_tokens(value, output).clone(memory_format=torch.contiguous_format)
+
+        handles.append(modules[path].register_forward_hook(replace))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@MODEL_REGISTRY.register()
+class KDMiPKDModel(KDLogitsModel):
+    """MiPKD: L = w_pix·L1(S, GT) + w_kd·L1(S, T) + λ_feat·L_FPM + λ_block·L_BPM (MiPKD Sec. 3; λ_feat = 1,
+    λ_block = 0.1, Tab. 10).
+
+    Distillation positions k = 1..K are the paired module paths of ``train.feature_taps`` (``network_g`` and
+    ``network_t``, equally long, input side first); token outputs (SwinIR's RSTBs) become NCHW maps of the LQ grid.
+
+    - **Feature prior mixer** (``train.feature_opt``: ``KDFeaturePriorMixerLoss``, logged ``l_fpm``): the trainable
+      ``network_mixer`` (``KDPriorMixer``) encodes F_S,k and F_T,k into one latent space, mixes the latents with a
+      3D random mask I_k (each latent element of each sample taken from the student with probability
+      ``train.prior_mixing.mask_ratio``, drawn per step) and decodes the mix into the teacher's space (compared with
+      F_T,k) and the student's; the loss also holds the teacher auto-encoder term D_T(E_T(F_T,k)) ≈ F_T,k.
+    - **Block prior mixer** (``train.block_opt``: a pixel loss, logged ``l_bpm``): per step and position, R_k ~
+      Bernoulli(``train.prior_mixing.student_prob``) sends the mixed feature into the student's next block (R_k = 1,
+      its student-space decode) or the teacher's (R_k = 0, the teacher-space decode): the student network runs once
+      more on LQ with its outputs at the positions of R_k = 1 replaced, the teacher once more with those of R_k = 0
+      (forward hooks, ``replaced_outputs``; the teacher's weights stay frozen, gradient passes through it to the
+      mixer and the student). Each network that ran gives one term, the loss between its output and the teacher's
+      output on LQ; the terms are summed. ``bpm_student_share`` (logged, not optimised) is the share of positions
+      sent to the student.
+
+    Without ``block_opt`` only the feature mixer trains (MiPKD Tab. 5, FPM alone); without ``feature_opt`` the
+    mixer learns through L_BPM alone (Tab. 5, BPM alone). Under DDP ``find_unused_parameters: true`` is required with
+    ``block_opt``: a decoder whose network R did not pick that step takes no gradient.
+
+    Overrides ``init_training_settings`` (the checks and losses), ``check_tapped_features`` (positions, channels and
+    sizes on the probe forward), ``forward_networks`` (the mixer and the mixed forwards after the student's and the
+    teacher's) and ``compute_losses`` (``l_fpm``, ``l_bpm``). Checked before the first step, naming the key: the
+    loss kinds, ``network_mixer`` and its channels, ``train.prior_mixing``, DDP's ``find_unused_parameters``.
+
+    Example (RCAN x4)::
+
+        model_type: KDMiPKDModel
+        network_mixer: {type: KDPriorMixer, student_channels: [64, 64], teacher_channels: [64, 64], latent_channels: 64}
+        train:
+          feature_taps: {network_g: [body.4, body.9], network_t: [body.4, body.9]}
+          prior_mixing: {mask_ratio: 0.5, student_prob: 0.5}
+          pixel_opt: {type: L1Loss, loss_weight: 1.0}
+          kd_opt: {type: L1Loss, loss_weight: 1.0}
+          feature_opt: {type: KDFeaturePriorMixerLoss, ae_weight: 1.0, loss_weight: 1.0}
+          block_opt: {type: L1Loss, loss_weight: 0.1}
+    """
+
+    helper_networks = ('mixer', )
+    frozen_target = KDBaseModel.frozen_target  # the teacher's taps are needed at every step: no cache
+    option_keys = {'train': {'feature_opt': ('KDFeaturePriorMixerLoss', ), 'block_opt': PIXEL_LOSSES,
+                             'prior_mixing': {key: None for key in MIXING_KEYS}}}
+
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        if not train_opt.get('feature_opt') and not train_opt.get('block_opt'):
+            raise ValueError('KDMiPKDModel needs train.feature_opt (KDFeaturePriorMixerLoss, L_FPM), train.block_opt '
+                             '(L_BPM) or both')
+        if 'network_mixer' not in self.opt:
+            raise ValueError('KDMiPKDModel needs network_mixer (KDPriorMixer), the encoders and decoders of the '
+                             'feature prior mixer')
+        self.mask_ratio, self.student_prob = self.check_prior_mixing()
+        if train_opt.get('block_opt') and self.opt.get('dist') and not self.opt.get('find_unused_parameters'):
+            raise ValueError('train.block_opt under DDP needs find_unused_parameters: true at the top of the options: '
+                             'the decoder of the network R_k did not pick takes no gradient in that step')
+        super().init_training_settings()  # its probe forward checks the positions (check_tapped_features)
+        self.cri_fpm = self.build_train_loss('feature_opt')
+        self.cri_bpm = self.build_train_loss('block_opt')
+
+    def check_prior_mixing(self):
+        """``train.prior_mixing``: the mask ratio of I and the probability of R_k = 1, each in [0, 1]."""
+        mixing = self.opt['train'].get('prior_mixing') or {}
+        unknown = sorted(set(mixing) - set(MIXING_KEYS))
+        if unknown:
+            raise ValueError(f'train.prior_mixing: unknown option(s) {unknown}; it reads {list(MIXING_KEYS)}')
+        values = []
+        for key in MIXING_KEYS:
+            value = mixing.get(key, 0.5)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f'train.prior_mixing.{key} = {value!r}: must be a probability in [0, 1]')
+            values.append(float(value))
+        return values
+
+    def check_tapped_features(self, features):
+        """On the probe forward: the positions pair up, ``network_mixer`` has each position's channels, paired maps
+        share their size."""
+        taps = self.opt['train'].get('feature_taps') or {}
+        if 'g' not in self.taps or 't' not in self.taps or len(self.taps['g'].paths) != len(self.taps['t'].paths):
+            raise ValueError('KDMiPKDModel needs train.feature_taps.network_g and .network_t, equally long: the '
+                             f'distillation positions (have {taps})')
+        maps = {name: tokens_to_maps(features[name]) for name in ('g', 't')}  # the probe image is square
+        mixer_opt = self.opt['network_mixer']
+        for key, net in (('student_channels', 'g'), ('teacher_channels', 't')):
+            channels = [feature.shape[1] for feature in maps[net]]
+            if list(mixer_opt.get(key) or []) != channels:
+                raise ValueError(f'network_mixer.{key} = {mixer_opt.get(key)} but the positions '
+                                 f'train.feature_taps.network_{net} = {taps[f"network_{net}"]} have {channels} channels')
+        self.check_paired_taps(maps)
+
+    def forward_networks(self):
+        """The student and the teacher on LQ (their taps: F_S, F_T), the mixer on all positions in one call, then
+        the block mixer's forwards: the student and/or the teacher once more with mixed features in place."""
+        super().forward_networks()
+        hw = tuple(self.lq.shape[-2:])
+        views = len(self.lq)  # the teacher's taps hold all its views (label consistency adds one): keep the first
+        student = tokens_to_maps(self.taps['g'].outputs(), hw)
+        self.teacher_features = tokens_to_maps([feature[:views] for feature in self.taps['t'].outputs()], hw)
+        latent = self.get_bare_model(self.helpers['mixer']).latent_channels
+        masks = [(torch.rand(views, latent, *f.shape[2:], device=self.device) < self.mask_ratio).to(f.dtype)
+                 for f in self.teacher_features]
+        self.mixed_t, mixed_s, self.reconstructed = self.helpers['mixer'](student, self.teacher_features, masks)
+        self.block_outputs = []
+        if self.cri_bpm is None:
+            return
+        to_student = (torch.rand(len(masks)) < self.student_prob).tolist()
+        self.diagnostics['bpm_student_share'] = torch.tensor(sum(to_student) / len(to_student), device=self.device)
+        paths_g, paths_t = self.taps['g'].paths, self.taps['t'].paths
+        if any(to_student):
+            replacements = {path: mixed for path, mixed, s in zip(paths_g, mixed_s, to_student) if s}
+            with replaced_outputs(self.get_bare_model(self.net_g), replacements):
+                self.block_outputs.append(self.net_g(self.lq))
+        if not all(to_student):
+            replacements = {path: mixed for path, mixed, s in zip(paths_t, self.mixed_t, to_student) if not s}
+            with replaced_outputs(self.teachers['t'], replacements):
+                self.block_outputs.append(self.run_frozen('t', self.lq, grad_to_input=True)[0])
+
+    def compute_losses(self, current_iter):
+        losses = super().compute_losses(current_iter)
+        if self.cri_fpm is not None:
+            losses['l_fpm'] = self.cri_fpm(self.mixed_t, self.teacher_features, self.reconstructed)
+        if self.cri_bpm is not None:
+            losses['l_bpm'] = sum(self.cri_bpm(output, self.teacher_outputs['t']) for output in self.block_outputs)
+        return losses
