@@ -46,18 +46,19 @@ class KDMiPKDModel(KDLogitsModel):
       3D random mask I_k (each latent element of each sample taken from the student with probability
       ``train.prior_mixing.mask_ratio``, drawn per step) and decodes the mix into the teacher's space (compared with
       F_T,k) and the student's; the loss also holds the teacher auto-encoder term D_T(E_T(F_T,k)) ≈ F_T,k.
-    - **Block prior mixer** (``train.block_opt``: a pixel loss, logged ``l_bpm``): per step and position, R_k ~
-      Bernoulli(``train.prior_mixing.student_prob``) sends the mixed feature into the student's next block (R_k = 1,
-      its student-space decode) or the teacher's (R_k = 0, the teacher-space decode): the student network runs once
-      more on LQ with its outputs at the positions of R_k = 1 replaced, the teacher once more with those of R_k = 0
-      (forward hooks, ``replaced_outputs``; the teacher's weights stay frozen, gradient passes through it to the
-      mixer and the student). Each network that ran gives one term, the loss between its output and the teacher's
-      output on LQ; the terms are summed. ``bpm_student_share`` (logged, not optimised) is the share of positions
-      sent to the student.
+    - **Block prior mixer** (``train.block_opt``: a pixel loss, logged ``l_bpm``): each step draws one position k
+      (uniformly) and R_k ~ Bernoulli(``train.prior_mixing.student_prob``): the mixed feature goes on into the
+      student's next block (R_k = 1, its student-space decode) or the teacher's (R_k = 0, the teacher-space decode)
+      and through the rest of that network: the network runs once more on LQ with the output of its module at
+      position k replaced (forward hooks, ``replaced_outputs``; the teacher's weights stay frozen, gradient passes
+      through it to the mixer and the student's layers before k). The term is the loss between that output and the
+      teacher's output on LQ. ``bpm_to_student`` (logged, not optimised) averages R_k. One position per step (our
+      reading): replacing several positions in one forward would cut every replaced position but the last off the
+      output, and one forward per position would cost K extra forwards a step.
 
     Without ``block_opt`` only the feature mixer trains (MiPKD Tab. 5, FPM alone); without ``feature_opt`` the
     mixer learns through L_BPM alone (Tab. 5, BPM alone). Under DDP ``find_unused_parameters: true`` is required with
-    ``block_opt``: a decoder whose network R did not pick that step takes no gradient.
+    ``block_opt``: the decoders of the positions and the network R did not pick take no gradient that step.
 
     Overrides ``init_training_settings`` (the checks and losses), ``check_tapped_features`` (positions, channels and
     sizes on the probe forward), ``forward_networks`` (the mixer and the mixed forwards after the student's and the
@@ -82,6 +83,19 @@ class KDMiPKDModel(KDLogitsModel):
     option_keys = {'train': {'feature_opt': ('KDFeaturePriorMixerLoss', ), 'block_opt': PIXEL_LOSSES,
                              'prior_mixing': {key: None for key in MIXING_KEYS}}}
 
+    def __init__(self, opt):
+        self.check_ddp_settings(opt)  # before SRModel wraps the student in DDP
+        super().__init__(opt)
+
+    @staticmethod
+    def check_ddp_settings(opt):
+        """Under DDP the block mixer needs ``find_unused_parameters: true``: in a step, the decoders of the positions
+        and the network it did not pick take no gradient, which DDP otherwise stops on at the next step."""
+        if opt['is_train'] and opt.get('dist') and (opt.get('train') or {}).get('block_opt') \
+                and not opt.get('find_unused_parameters'):
+            raise ValueError('train.block_opt under DDP needs find_unused_parameters: true at the top of the options: '
+                             'the decoders of the positions and the network it did not pick take no gradient in that step')
+
     def init_training_settings(self):
         train_opt = self.opt['train']
         if not train_opt.get('feature_opt') and not train_opt.get('block_opt'):
@@ -90,10 +104,16 @@ class KDMiPKDModel(KDLogitsModel):
         if 'network_mixer' not in self.opt:
             raise ValueError('KDMiPKDModel needs network_mixer (KDPriorMixer), the encoders and decoders of the '
                              'feature prior mixer')
+        taps = train_opt.get('feature_taps') or {}
+        if not taps.get('network_g') or len(taps['network_g']) != len(taps.get('network_t') or []):
+            raise ValueError('KDMiPKDModel needs train.feature_taps.network_g and .network_t, equally long: the '
+                             f'distillation positions (have {taps})')
+        for key, net in (('student_channels', 'network_g'), ('teacher_channels', 'network_t')):
+            channels, paths = self.opt['network_mixer'].get(key) or [], taps.get(net) or []
+            if len(channels) != len(paths):
+                raise ValueError(f'network_mixer.{key} = {channels} lists {len(channels)} positions but '
+                                 f'train.feature_taps.{net} = {paths} {len(paths)}')
         self.mask_ratio, self.student_prob = self.check_prior_mixing()
-        if train_opt.get('block_opt') and self.opt.get('dist') and not self.opt.get('find_unused_parameters'):
-            raise ValueError('train.block_opt under DDP needs find_unused_parameters: true at the top of the options: '
-                             'the decoder of the network R_k did not pick takes no gradient in that step')
         super().init_training_settings()  # its probe forward checks the positions (check_tapped_features)
         self.cri_fpm = self.build_train_loss('feature_opt')
         self.cri_bpm = self.build_train_loss('block_opt')
@@ -113,12 +133,8 @@ class KDMiPKDModel(KDLogitsModel):
         return values
 
     def check_tapped_features(self, features):
-        """On the probe forward: the positions pair up, ``network_mixer`` has each position's channels, paired maps
-        share their size."""
-        taps = self.opt['train'].get('feature_taps') or {}
-        if 'g' not in self.taps or 't' not in self.taps or len(self.taps['g'].paths) != len(self.taps['t'].paths):
-            raise ValueError('KDMiPKDModel needs train.feature_taps.network_g and .network_t, equally long: the '
-                             f'distillation positions (have {taps})')
+        """On the probe forward: ``network_mixer`` has each position's channels, paired maps share their size."""
+        taps = self.opt['train']['feature_taps']
         maps = {name: tokens_to_maps(features[name]) for name in ('g', 't')}  # the probe image is square
         mixer_opt = self.opt['network_mixer']
         for key, net in (('student_channels', 'g'), ('teacher_channels', 't')):
@@ -130,7 +146,7 @@ class KDMiPKDModel(KDLogitsModel):
 
     def forward_networks(self):
         """The student and the teacher on LQ (their taps: F_S, F_T), the mixer on all positions in one call, then
-        the block mixer's forwards: the student and/or the teacher once more with mixed features in place."""
+        the block mixer's forward: the student or the teacher once more, a mixed feature in place at one position."""
         super().forward_networks()
         hw = tuple(self.lq.shape[-2:])
         views = len(self.lq)  # the teacher's taps hold all its views (label consistency adds one): keep the first
@@ -139,26 +155,26 @@ class KDMiPKDModel(KDLogitsModel):
         latent = self.get_bare_model(self.helpers['mixer']).latent_channels
         masks = [(torch.rand(views, latent, *f.shape[2:], device=self.device) < self.mask_ratio).to(f.dtype)
                  for f in self.teacher_features]
-        self.mixed_t, mixed_s, self.reconstructed = self.helpers['mixer'](student, self.teacher_features, masks)
-        self.block_outputs = []
+        self.mixed_t, self.mixed_s, self.reconstructed = self.helpers['mixer'](student, self.teacher_features,
+                                                                                 masks)
+        self.block_output = None
         if self.cri_bpm is None:
             return
-        to_student = (torch.rand(len(masks)) < self.student_prob).tolist()
-        self.diagnostics['bpm_student_share'] = torch.tensor(sum(to_student) / len(to_student), device=self.device)
-        paths_g, paths_t = self.taps['g'].paths, self.taps['t'].paths
-        if any(to_student):
-            replacements = {path: mixed for path, mixed, s in zip(paths_g, mixed_s, to_student) if s}
-            with replaced_outputs(self.get_bare_model(self.net_g), replacements):
-                self.block_outputs.append(self.net_g(self.lq))
-        if not all(to_student):
-            replacements = {path: mixed for path, mixed, s in zip(paths_t, self.mixed_t, to_student) if not s}
-            with replaced_outputs(self.teachers['t'], replacements):
-                self.block_outputs.append(self.run_frozen('t', self.lq, grad_to_input=True)[0])
+        self.block_position = int(torch.randint(len(masks), ()))
+        self.block_to_student = bool(torch.rand(()) < self.student_prob)
+        self.diagnostics['bpm_to_student'] = torch.tensor(float(self.block_to_student), device=self.device)
+        k = self.block_position
+        if self.block_to_student:
+            with replaced_outputs(self.get_bare_model(self.net_g), {self.taps['g'].paths[k]: self.mixed_s[k]}):
+                self.block_output = self.net_g(self.lq)
+        else:
+            with replaced_outputs(self.teachers['t'], {self.taps['t'].paths[k]: self.mixed_t[k]}):
+                self.block_output = self.run_frozen('t', self.lq, grad_to_input=True)[0]
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)
         if self.cri_fpm is not None:
             losses['l_fpm'] = self.cri_fpm(self.mixed_t, self.teacher_features, self.reconstructed)
         if self.cri_bpm is not None:
-            losses['l_bpm'] = sum(self.cri_bpm(output, self.teacher_outputs['t']) for output in self.block_outputs)
+            losses['l_bpm'] = self.cri_bpm(self.block_output, self.teacher_outputs['t'])
         return losses
