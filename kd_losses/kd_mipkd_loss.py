@@ -45,7 +45,8 @@ class KDFeaturePriorMixerLoss(nn.Module):
         for k, (mix, target, rec) in enumerate(zip(mixed, teacher, reconstructed)):
             if mix.shape != target.shape or rec.shape != target.shape:
                 raise ValueError(f'KDFeaturePriorMixerLoss: position {k} has mixed {tuple(mix.shape)}, teacher '
-                                 f'{tuple(target.shape)} and reconstructed {tuple(rec.shape)} features; they must match')
+                                 f'{tuple(target.shape)} and reconstructed {tuple(rec.shape)} features; they must '
+                                 'match')
             total = total + (mix - target).abs().mean()
             if self.ae_weight:
                 total = total + self.ae_weight * (rec - target).abs().mean()

@@ -94,7 +94,8 @@ class KDMiPKDModel(KDLogitsModel):
         if opt['is_train'] and opt.get('dist') and (opt.get('train') or {}).get('block_opt') \
                 and not opt.get('find_unused_parameters'):
             raise ValueError('train.block_opt under DDP needs find_unused_parameters: true at the top of the options: '
-                             'the decoders of the positions and the network it did not pick take no gradient in that step')
+                             'the decoders of the positions and the network it did not pick take no gradient in '
+                             'that step')
 
     def init_training_settings(self):
         train_opt = self.opt['train']
@@ -141,7 +142,8 @@ class KDMiPKDModel(KDLogitsModel):
             channels = [feature.shape[1] for feature in maps[net]]
             if list(mixer_opt.get(key) or []) != channels:
                 raise ValueError(f'network_mixer.{key} = {mixer_opt.get(key)} but the positions '
-                                 f'train.feature_taps.network_{net} = {taps[f"network_{net}"]} have {channels} channels')
+                                 f'train.feature_taps.network_{net} = {taps[f"network_{net}"]} have {channels} '
+                                 'channels')
         self.check_paired_taps(maps)
 
     def forward_networks(self):
@@ -155,8 +157,8 @@ class KDMiPKDModel(KDLogitsModel):
         latent = self.get_bare_model(self.helpers['mixer']).latent_channels
         masks = [(torch.rand(views, latent, *f.shape[2:], device=self.device) < self.mask_ratio).to(f.dtype)
                  for f in self.teacher_features]
-        self.mixed_t, self.mixed_s, self.reconstructed = self.helpers['mixer'](student, self.teacher_features,
-                                                                                 masks)
+        mixed = self.helpers['mixer'](student, self.teacher_features, masks)
+        self.mixed_t, self.mixed_s, self.reconstructed = mixed
         self.block_output = None
         if self.cri_bpm is None:
             return
@@ -168,8 +170,12 @@ class KDMiPKDModel(KDLogitsModel):
             with replaced_outputs(self.get_bare_model(self.net_g), {self.taps['g'].paths[k]: self.mixed_s[k]}):
                 self.block_output = self.net_g(self.lq)
         else:
-            with replaced_outputs(self.teachers['t'], {self.taps['t'].paths[k]: self.mixed_t[k]}):
-                self.block_output = self.run_frozen('t', self.lq, grad_to_input=True)[0]
+            teacher = self.teachers['t']
+            with replaced_outputs(teacher, {self.taps['t'].paths[k]: self.mixed_t[k]}), \
+                    self.frozen_context(grad_to_input=True):
+                # in the student's dtype (float32 after autocast): the term is the student's, like its other terms
+                self.block_output = teacher(self.lq).to(self.output.dtype)
+            self.taps['t'].take()  # release the teacher taps of this forward (they hold the mixed path's features)
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)

@@ -27,8 +27,8 @@ def test_feature_prior_mixer_loss_is_the_printed_sum_over_positions(ae_weight, l
     for k in range(len(shapes)):
         expected += mae_by_loop(mixed[k], teacher[k]) + ae_weight * mae_by_loop(reconstructed[k], teacher[k])
     expected *= loss_weight
-    result = loss('KDFeaturePriorMixerLoss', ae_weight=ae_weight, loss_weight=loss_weight)(mixed, teacher,
-                                                                                            reconstructed)
+    criterion = loss('KDFeaturePriorMixerLoss', ae_weight=ae_weight, loss_weight=loss_weight)
+    result = criterion(mixed, teacher, reconstructed)
     assert math.isclose(result.item(), expected, rel_tol=1e-12)
 
 
@@ -199,7 +199,8 @@ def test_the_block_term_alone_trains_the_mixer_through_the_frozen_teacher(tmp_pa
     (lambda o: [o['train'].pop('feature_opt'), o['train'].pop('block_opt')],
      r'^KDMiPKDModel needs train\.feature_opt .* or both'),
 ], ids=['mask ratio', 'bool probability', 'unknown mixing key', 'student channels', 'teacher channels',
-        'mixer positions', 'unpaired positions', 'feature loss kind', 'negative ae weight', 'no mixer', 'no mixer loss'])
+        'mixer positions', 'unpaired positions', 'feature loss kind', 'negative ae weight', 'no mixer',
+        'no mixer loss'])
 def test_wrong_configurations_fail_before_the_first_step_naming_the_key(tmp_path, change, message):
     opt = mipkd_opt(tmp_path)
     change(opt)
