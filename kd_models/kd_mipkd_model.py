@@ -169,6 +169,7 @@ class KDMiPKDModel(KDLogitsModel):
         if self.block_to_student:
             with replaced_outputs(self.get_bare_model(self.net_g), {self.taps['g'].paths[k]: self.mixed_s[k]}):
                 self.block_output = self.net_g(self.lq)
+            self.taps['g'].take()  # release the student taps of this forward (the layers before k: no loss uses them)
         else:
             teacher = self.teachers['t']
             with replaced_outputs(teacher, {self.taps['t'].paths[k]: self.mixed_t[k]}), \

@@ -228,5 +228,6 @@ def test_auto_resume_restores_student_mixer_and_optimiser(demo_root, tmp_path):
         assert not differing_tensors(resumed['networks'][name], at_2[name]), f'net_{name} did not resume'
     assert_optimisers_resumed(saved, resumed)
     assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the mixer's
+    assert saved['kd']['method'] == {}  # no state besides the networks: masks and R are drawn anew at every step
     teacher = torch.load(opt['path']['pretrain_network_t'], weights_only=True)['params']
     assert not differing_tensors(resumed['teachers']['t'], teacher)
