@@ -6,7 +6,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 
 @LOSS_REGISTRY.register()
 class KDFeaturePriorMixerLoss(nn.Module):
-    """MiPKD's feature prior mixer loss L_FPM with the auxiliary auto-encoder term (MiPKD Sec. 3, Tab. 8):
+    """MiPKD's feature prior mixer loss L_FPM with the auxiliary auto-encoder term (MiPKD Tab. 8):
 
     ``loss_weight · Σ_k [ mean |D_T(Z_k) − F_T,k| + ae_weight · mean |D_T(Z_T,k) − F_T,k| ]``
 

@@ -35,8 +35,8 @@ def replaced_outputs(net, replacements):
 
 @MODEL_REGISTRY.register()
 class KDMiPKDModel(KDLogitsModel):
-    """MiPKD: L = w_pix·L1(S, GT) + w_kd·L1(S, T) + λ_feat·L_FPM + λ_block·L_BPM (MiPKD Sec. 3; λ_feat = 1,
-    λ_block = 0.1, Tab. 10).
+    """MiPKD: L = w_pix·L1(S, GT) + w_kd·L1(S, T) + λ_feat·L_FPM + λ_block·L_BPM (λ_feat = 1, λ_block = 0.1:
+    MiPKD Tab. 10 as published summaries of the paper report it; its text was not at hand, README "MiPKD").
 
     Distillation positions k = 1..K are the paired module paths of ``train.feature_taps`` (``network_g`` and
     ``network_t``, equally long, input side first); token outputs (SwinIR's RSTBs) become NCHW maps of the LQ grid.
@@ -68,9 +68,10 @@ class KDMiPKDModel(KDLogitsModel):
     Example (RCAN x4)::
 
         model_type: KDMiPKDModel
-        network_mixer: {type: KDPriorMixer, student_channels: [64, 64], teacher_channels: [64, 64], latent_channels: 64}
+        network_mixer: {type: KDPriorMixer, student_channels: [64, 64, 64], teacher_channels: [64, 64, 64],
+                        latent_channels: 64}
         train:
-          feature_taps: {network_g: [body.4, body.9], network_t: [body.4, body.9]}
+          feature_taps: {network_g: [body.2, body.6, body.9], network_t: [body.2, body.6, body.9]}
           prior_mixing: {mask_ratio: 0.5, student_prob: 0.5}
           pixel_opt: {type: L1Loss, loss_weight: 1.0}
           kd_opt: {type: L1Loss, loss_weight: 1.0}
