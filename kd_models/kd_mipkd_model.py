@@ -163,8 +163,7 @@ class KDMiPKDModel(KDLogitsModel):
         self.block_output = None
         if self.cri_bpm is None:
             return
-        self.block_position = int(torch.randint(len(masks), ()))
-        self.block_to_student = bool(torch.rand(()) < self.student_prob)
+        self.block_position, self.block_to_student = self.draw_block_route(len(masks))
         self.diagnostics['bpm_to_student'] = torch.tensor(float(self.block_to_student), device=self.device)
         k = self.block_position
         if self.block_to_student:
@@ -178,6 +177,10 @@ class KDMiPKDModel(KDLogitsModel):
                 # in the student's dtype (float32 after autocast): the term is the student's, like its other terms
                 self.block_output = teacher(self.lq).to(self.output.dtype)
             self.taps['t'].take()  # release the teacher taps of this forward (they hold the mixed path's features)
+
+    def draw_block_route(self, positions):
+        """The block mixer's draw of a step: a position k, uniformly, and R_k (True: on in the student)."""
+        return int(torch.randint(positions, ())), bool(torch.rand(()) < self.student_prob)
 
     def compute_losses(self, current_iter):
         losses = super().compute_losses(current_iter)

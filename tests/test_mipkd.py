@@ -72,11 +72,18 @@ def test_tokens_round_trip_through_maps():
 
 
 # ------------------------------------------------------------------------------------------------------- model
+def shrink_rcan(opt):
+    """3 residual groups of 1 (student) and 2 (teacher) blocks, a position after each group; channel attention
+    squeezed to 4 channels (one channel is often a dead ReLU)."""
+    for key, blocks in (('network_g', 1), ('network_t', 2)):
+        opt[key].update(num_group=3, num_block=blocks, squeeze_factor=4)
+        opt['train']['feature_taps'][key] = ['body.0', 'body.1', 'body.2']
+
+
 def mipkd_opt(tmp_path, option='mipkd_rcan_x2.yml', **mixing):
     opt = load_option(os.path.join(OPTIONS, option))
-    if opt['network_g']['type'] == 'RCAN':  # squeezed to 4 channels: one channel would often be a dead ReLU
-        opt['network_g']['num_block'], opt['network_t']['num_block'] = 1, 2
-        opt['network_g']['squeeze_factor'] = opt['network_t']['squeeze_factor'] = 4
+    if opt['network_g']['type'] == 'RCAN':
+        shrink_rcan(opt)
     opt['network_mixer']['latent_channels'] = 8
     opt['train']['prior_mixing'].update(mixing)
     return shrink_option(opt, '/nonexistent', str(tmp_path), 'mipkd')
@@ -103,10 +110,10 @@ def test_replaced_outputs_run_the_network_on_from_the_given_feature(tmp_path):
     model = model_from(mipkd_opt(tmp_path), tmp_path)
     net = model.teachers['t']
     feature = fixed(2, 16, 16, 16, dtype=torch.float32)
-    with torch.no_grad(), replaced_outputs(net, {'body.6': feature}):
+    with torch.no_grad(), replaced_outputs(net, {'body.1': feature}):
         replaced = net(model.lq)
     with torch.no_grad():
-        assert torch.allclose(replaced, rcan_by_hand(net, model.lq, 6, feature), atol=1e-5)
+        assert torch.allclose(replaced, rcan_by_hand(net, model.lq, 1, feature), atol=1e-5)
         assert not torch.allclose(replaced, net(model.lq), atol=1e-3)  # the hook is gone after the block
 
 
@@ -136,16 +143,15 @@ def test_the_block_term_is_the_replaced_student_forward_against_the_teacher(tmp_
         assert math.isclose(model.compute_losses(1)['l_bpm'].item(), 0.1 * l1.item(), rel_tol=1e-5)
 
 
-def test_the_block_positions_are_drawn_uniformly_and_the_network_by_student_prob(tmp_path):
-    model = model_from(mipkd_opt(tmp_path, student_prob=0.25), tmp_path)
+@pytest.mark.parametrize('student_prob', [0.25, 0.8])
+def test_the_block_positions_are_drawn_uniformly_and_the_network_by_student_prob(tmp_path, student_prob):
+    model = model_from(mipkd_opt(tmp_path, student_prob=student_prob), tmp_path)
     torch.manual_seed(0)
-    drawn = []
-    for _ in range(200):
-        model.forward_networks()
-        drawn.append((model.block_position, model.block_to_student))
-    positions = [sum(1 for k, _ in drawn if k == j) for j in range(3)]
-    assert all(40 <= count <= 95 for count in positions), positions  # 200 / 3 each, binomial sd 6.7
-    assert 30 <= sum(1 for _, s in drawn if s) <= 70  # 50 expected, binomial sd 6.1
+    drawn = [model.draw_block_route(3) for _ in range(3000)]
+    for j in range(3):  # 1000 expected, binomial sd 26
+        assert 900 <= sum(1 for k, _ in drawn if k == j) <= 1100
+    sd = math.sqrt(3000 * student_prob * (1 - student_prob))
+    assert abs(sum(1 for _, s in drawn if s) - 3000 * student_prob) <= 4 * sd
 
 
 @pytest.mark.parametrize('student_prob', [1.0, 0.0])
@@ -217,7 +223,7 @@ def test_ddp_without_find_unused_parameters_is_refused_before_the_student_is_wra
 
 def test_auto_resume_restores_student_mixer_and_optimiser(demo_root, tmp_path):
     opt = load_option(os.path.join(OPTIONS, 'mipkd_rcan_x2.yml'))
-    opt['network_g']['num_block'], opt['network_t']['num_block'] = 1, 2
+    shrink_rcan(opt)
     opt['network_mixer']['latent_channels'] = 8
     opt = shrink_option(opt, demo_root, str(tmp_path), 'mipkd')
     opt['model_type'] = 'KDRecordingMiPKDModel'
