@@ -33,7 +33,8 @@ DEFAULT_OPTIONS = ['options/logits_edsr_x4.yml', 'options/fitnet_edsr_x4.yml', '
                    'options/fakd_edsr_x4.yml', 'options/facd_edsr_x4.yml', 'options/dckd_swinir_x2.yml',
                    'options/dckd_star_swinir_x4.yml', 'options/skd_restormer_derain.yml', 'options/mtkd_edsr_x4.yml',
                    'options/wavekd_restormer_derain.yml', 'options/lsfd_edsr_x4.yml', 'options/dukd_rcan_x3.yml',
-                   'options/csd_edsr_x4.yml', 'options/dfkd_restormer_derain.yml', 'options/pisr_edsr_x4.yml']
+                   'options/csd_edsr_x4.yml', 'options/dfkd_restormer_derain.yml', 'options/pisr_edsr_x4.yml',
+                   'options/mipkd_rcan_x4.yml']
 COLUMNS = ['option', 'model_type', 'kd_ms', 'kd_spread_ms', 'plain_ms', 'plain_spread_ms', 'frozen_ms', 'floor_ms',
            'kd_over_plain', 'kd_over_floor', 'peak_mem_mb']
 

@@ -72,9 +72,10 @@ def test_only_the_fork_is_importable(fork):
                                                 ('csd_edsr_x2.yml', 'KDCSDModel'),
                                                 ('dfkd_restormer_derain.yml', 'KDDFKDModel'),
                                                 ('pisr_stage1_edsr_x2.yml', 'KDPISRTeacherModel'),
-                                                ('pisr_edsr_x2.yml', 'KDPISRStudentModel')],
+                                                ('pisr_edsr_x2.yml', 'KDPISRStudentModel'),
+                                                ('mipkd_swinir_x2.yml', 'KDMiPKDModel')],
                          ids=['logits', 'fitnet', 'facd', 'slkd', 'dckd', 'mtkd', 'skd', 'wavekd', 'lsfd', 'dukd',
-                              'csd', 'dfkd', 'pisr stage 1', 'pisr'])
+                              'csd', 'dfkd', 'pisr stage 1', 'pisr', 'mipkd'])
 def test_copied_files_train_with_the_forks_train_py(fork, demo_root, restoration_root, tmp_path, option, model_type):
     name = f'fork_{option.split("_")[0]}'
     opt = load_option(os.path.join(OPTIONS, option))

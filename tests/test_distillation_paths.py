@@ -11,6 +11,7 @@ from torch import nn
 import test_csd
 import test_dfkd
 import test_dukd
+import test_mipkd
 import test_mtkd_model
 import test_pisr
 import test_skd_model
@@ -158,6 +159,31 @@ def test_lsfd_term_reaches_the_student_up_to_its_last_tap_and_the_whole_regresso
     student = model.net_g
     assert receivers == {'g': names_of(student) - names_of(student, 'upsample.', 'conv_last.'),
                          'reg': names_of(model.helpers['reg'])}
+
+
+# -------------------------------------------------------------------------------------------------------- MiPKD
+def test_mipkd_feature_mixer_term_reaches_the_student_up_to_its_last_position_and_the_mixer(tmp_path):
+    model = built(test_mipkd.mipkd_opt(tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_fpm'], ['conv_first.weight', 'body.1.conv.weight', 'body.2.conv.bias'],
+                                    **FLOAT64)
+    mixer = model.helpers['mixer']
+    assert receivers == {'g': names_of(model.net_g) - names_of(model.net_g, 'conv_after_body.', 'upsample.',
+                                                               'conv_last.'),
+                         'mixer': names_of(mixer) - names_of(mixer, 'decoders_s.')}  # D_S serves the block mixer only
+
+
+@pytest.mark.parametrize('student_prob', [1.0, 0.0], ids=['on in the student', 'on in the teacher'])
+def test_mipkd_block_mixer_term_reaches_the_student_and_the_mixer_of_its_position(tmp_path, student_prob):
+    model = built(test_mipkd.mipkd_opt(tmp_path, student_prob=student_prob), tmp_path)
+    receivers = check_gradient_path(model, ['l_bpm'], ['conv_first.weight', 'body.0.conv.weight'], **FLOAT64)
+    k, student, mixer = model.block_position, model.net_g, model.helpers['mixer']
+    parts = ('encoders_s', 'encoders_t', 'decoders_s' if student_prob else 'decoders_t')
+    if student_prob:  # the student's layers after position k run on the mixed feature: every parameter
+        expected = names_of(student)
+    else:  # the teacher runs on after position k: the student's layers up to it, through the mixer
+        last = int(model.taps['g'].paths[k].split('.')[1])
+        expected = names_of(student, 'conv_first.', *(f'body.{i}.' for i in range(last + 1)))
+    assert receivers == {'g': expected, 'mixer': names_of(mixer, *(f'{part}.{k}.' for part in parts))}
 
 
 # --------------------------------------------------------------------------------------------------------- MTKD
