@@ -33,7 +33,8 @@ DEFAULT_OPTIONS = ['options/logits_edsr_x4.yml', 'options/fitnet_edsr_x4.yml', '
                    'options/fakd_edsr_x4.yml', 'options/facd_edsr_x4.yml', 'options/dckd_swinir_x2.yml',
                    'options/dckd_star_swinir_x4.yml', 'options/skd_restormer_derain.yml', 'options/mtkd_edsr_x4.yml',
                    'options/wavekd_restormer_derain.yml', 'options/lsfd_edsr_x4.yml', 'options/dukd_rcan_x3.yml',
-                   'options/csd_edsr_x4.yml']
+                   'options/csd_edsr_x4.yml', 'options/dfkd_restormer_derain.yml', 'options/pisr_edsr_x4.yml',
+                   'options/mipkd_rcan_x4.yml']
 COLUMNS = ['option', 'model_type', 'kd_ms', 'kd_spread_ms', 'plain_ms', 'plain_spread_ms', 'frozen_ms', 'floor_ms',
            'kd_over_plain', 'kd_over_floor', 'peak_mem_mb']
 
@@ -73,7 +74,7 @@ def timed(fn, device, steps, warmup):
     return times
 
 
-def training_opt(opt, workdir, device, amp):
+def training_opt(opt, workdir, device, amp, patch):
     """The option dict as train.py would parse it, with random-weight files for the frozen networks."""
     from basicsr.utils.registry import MODEL_REGISTRY
     from basicsr_kd.parsed_options import parsed_options
@@ -83,6 +84,8 @@ def training_opt(opt, workdir, device, amp):
     opt = parsed_options(opt, workdir, num_gpu=int(device == 'cuda'))
     opt['train']['teacher_autocast'] = amp
     opt['train'].pop('progressive_patches', None)  # the benchmark's batch has the patch and batch sizes it times
+    if 'network_gen' in opt:  # DFKD's generator makes the student's inputs: at the timed patch size
+        opt['network_gen']['img_size'] = patch
     return opt
 
 
@@ -128,7 +131,7 @@ def measure(option, args):
         'gt': torch.rand(args.batch, 3, args.patch * scale, args.patch * scale, generator=generator)
     }
     with tempfile.TemporaryDirectory() as workdir:
-        opt = training_opt(opt, workdir, args.device, args.amp)
+        opt = training_opt(opt, workdir, args.device, args.amp, args.patch)
         plain = build_model(plain_opt(opt))
         plain.feed_data(batch)
         plain_times = timed(functools.partial(plain.optimize_parameters, 1), args.device, args.steps, args.warmup)

@@ -28,8 +28,8 @@ TEST_OPTIONS = os.path.join(OPTIONS, 'test')
 Task = namedtuple('Task', 'convention sets crop_border y_channel table_mean', defaults=(None, ))
 SR_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
 # Training files whose network_g is not a student fed the LQ image: MTKD's stage 1 trains the aggregator on the
-# teachers' outputs (its validation reports it next to each teacher)
-NOT_A_STUDENT = ('KDMTKDAggregationModel', )
+# teachers' outputs (its validation reports it next to each teacher); PISR's stage 1 trains a teacher fed the GT image
+NOT_A_STUDENT = ('KDMTKDAggregationModel', 'KDPISRTeacherModel')
 # Super-networks whose student is a slice of network_g (CSD): the test file evaluates the slice as the plain network it
 # is, which the training run saves under params (kd_models/kd_csd_model.py)
 SUPER_NETWORKS = ('KDSlimmableEDSR', 'KDSlimmableRCAN')

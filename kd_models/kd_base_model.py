@@ -147,7 +147,9 @@ class KDBaseModel(SRModel):
       same way (``path.pretrain_network_<name>``), e.g. DCKD's VQGAN encoder.
     - ``network_<name>`` for each name in the method's ``helper_networks``: trainable helpers (regressors,
       projectors...), optimised with the student by ``optim_g``, wrapped in DDP, saved as ``net_<name>_<iter>.pth``
-      and restored on resume. Any other ``network_*`` key is refused before the first step.
+      and restored on resume. Any other ``network_*`` key is refused before the first step. A helper named in the
+      method's ``own_optimizer_helpers`` is trained by its own optimiser instead, ``train.optim_<name>`` (DFKD's
+      generator, which maximises what the student minimises), also saved and resumed with the training state.
     - ``train.teacher_inputs``: ``{t1: lq, t2: gt}``: what each teacher is fed (default: the LQ input).
     - ``train.feature_taps``: ``{network_g: [paths], network_t: [paths], ...}`` module paths whose outputs are kept
       after each forward (``self.taps[<name>]``), each list in execution order (checked by ``probe_taps`` for the
@@ -174,7 +176,8 @@ class KDBaseModel(SRModel):
       A loss of another kind is refused first thing in ``init_training_settings`` (``check_loss_kinds``);
       ``build_train_loss(key)`` builds one.
     - ``check_tapped_features(features)``: the method's checks of its taps (channels, sizes) on the features of one
-      probe forward before the first step (``probe_taps``, which also checks each tap list's order).
+      probe forward before the first step (``probe_taps``, which also checks each tap list's order);
+      ``probe_input(name, image)``: what each network is fed there (PISR's teacher, fed GT, gets the GT size).
 
     - ``compute_losses(current_iter)``: the weighted loss terms of the step (summed for backward); values written to
       ``self.diagnostics`` are logged beside them but not optimised.
@@ -203,6 +206,7 @@ class KDBaseModel(SRModel):
     frozen_networks = ()
     frozen_copies = ()
     helper_networks = ()
+    own_optimizer_helpers = ()  # helpers trained by an optimiser of their own, train.optim_<name> (DFKD's generator)
     single_teacher = False  # True: the method distils exactly one teacher, network_t
     not_for_testing = None  # why a model whose test() needs its training set-up is refused under test.py
     # the option keys this class reads besides BasicSR's (basicsr_kd/option_keys.py): a tuple of loss class names is a
@@ -490,29 +494,36 @@ class KDBaseModel(SRModel):
         with torch.no_grad():
             for name, net in nets.items():
                 self.taps[name].features = {}
-                net(image)
+                net(self.probe_input(name, image))
                 self.taps[name].check_order()
                 features[name] = self.taps[name].take()
         student.train(training)
         return features
 
+    def probe_input(self, name, image):
+        """What network ``name`` (``g`` or a teacher) is fed in ``probe_taps``, from its LQ-size zero ``image``:
+        ``image`` itself by default. A teacher fed another input in training (PISR's, the GT image) gets its size."""
+        return image
+
     def check_tapped_features(self, features):
         """Called once before the first step with ``probe_taps()``'s {name: [tapped features]}: a method checks its
         taps' channels and sizes there (naming the option keys). Default: nothing."""
 
-    def check_paired_taps(self, features, regressor=False, same_channels=False):
+    def check_paired_taps(self, features, regressor=False, same_channels=False, regressor_name='reg'):
         """For a method that pairs the student's taps (``g``) with the teacher's (``t``) by index, on the probe
-        features: with ``regressor``, ``network_reg`` maps each student tap's channels to its teacher tap's
-        (``in_channels``/``out_channels``); otherwise ``same_channels`` asks for equal channels (a loss that compares
-        the features element-wise); paired maps share their spatial size. Each failure names the option keys."""
+        features: with ``regressor``, ``network_<regressor_name>`` (``network_reg`` by default) maps each student
+        tap's channels to its teacher tap's (``in_channels``/``out_channels``); otherwise ``same_channels`` asks for
+        equal channels (a loss that compares the features element-wise); paired maps share their spatial size. Each
+        failure names the option keys."""
         student, teacher = features['g'], features['t']
         paths_g, paths_t = self.taps['g'].paths, self.taps['t'].paths
         if regressor:
-            reg_opt = self.opt['network_reg']
+            reg_key = f'network_{regressor_name}'
+            reg_opt = self.opt[reg_key]
             for key, net, maps in (('in_channels', 'network_g', student), ('out_channels', 'network_t', teacher)):
                 channels = [feature.shape[1] for feature in maps]
                 if list(reg_opt.get(key) or []) != channels:
-                    raise ValueError(f'network_reg.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
+                    raise ValueError(f'{reg_key}.{key} = {reg_opt.get(key)} but the taps train.feature_taps.{net} = '
                                      f'{self.opt["train"]["feature_taps"][net]} have {channels} channels')
         for path_g, path_t, feature_g, feature_t in zip(paths_g, paths_t, student, teacher):
             if feature_g.shape[2:] != feature_t.shape[2:]:
@@ -525,18 +536,34 @@ class KDBaseModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------- training
     def setup_optimizers(self):
-        """The student's ``optim_g`` also optimises every trainable helper."""
+        """The student's ``optim_g`` also optimises every trainable helper but those of ``own_optimizer_helpers``,
+        which get an optimiser each from ``train.optim_<name>`` (``self.helper_optimizers[name]``), appended to
+        ``self.optimizers``: BasicSR then gives each its scheduler (``train.scheduler``), saves and resumes it."""
         super().setup_optimizers()
-        helper_params = [p for net in self.helpers.values() for p in net.parameters() if p.requires_grad]
+        helper_params = [p for name, net in self.helpers.items() if name not in self.own_optimizer_helpers
+                         for p in net.parameters() if p.requires_grad]
         if helper_params:
             self.optimizer_g.add_param_group({'params': helper_params})
+        self.helper_optimizers = OrderedDict()
+        for name in self.own_optimizer_helpers:
+            if name not in self.helpers:
+                continue
+            key = f'optim_{name}'
+            optim_opt = dict(self.opt['train'].get(key) or {})
+            if 'type' not in optim_opt or 'lr' not in optim_opt:
+                raise ValueError(f'train.{key} must give the type and lr of the optimiser of network_{name} '
+                                 f'(e.g. {{type: Adam, lr: 1.0e-4}}); have {optim_opt or "nothing"}')
+            params = [p for p in self.helpers[name].parameters() if p.requires_grad]
+            optimizer = self.get_optimizer(optim_opt.pop('type'), params, option=f'train.{key}', **optim_opt)
+            self.helper_optimizers[name] = optimizer
+            self.optimizers.append(optimizer)
 
-    def get_optimizer(self, optim_type, params, lr, **kwargs):
+    def get_optimizer(self, optim_type, params, lr, option='train.optim_g', **kwargs):
         """Any ``torch.optim`` optimiser by its class name (the papers' restoration runs use ``AdamW``); BasicSR
-        1.4.2's own builds only ``Adam``."""
+        1.4.2's own builds only ``Adam``. ``option``: the key named in errors."""
         optimizer_class = getattr(torch.optim, optim_type, None)
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-            raise ValueError(f'train.optim_g.type = {optim_type} is not an optimiser of torch.optim '
+            raise ValueError(f'{option}.type = {optim_type} is not an optimiser of torch.optim '
                              '(e.g. Adam, AdamW, SGD)')
         return optimizer_class(params, lr, **kwargs)
 

@@ -40,3 +40,11 @@ def tokens_to_map(feature, reference_hw=None):
 def tokens_to_maps(features, reference_hw=None):
     """:func:`tokens_to_map` of every feature of a list."""
     return [tokens_to_map(feature, reference_hw) for feature in features]
+
+
+def map_to_tokens(feature, like):
+    """The inverse of :func:`tokens_to_map` for a module output: an NCHW map back to (B, H*W, C) row-major tokens
+    when ``like`` (the module's own output) is a token tensor; an NCHW ``like`` takes the map unchanged."""
+    if like.dim() == 4:
+        return feature
+    return feature.flatten(2).transpose(1, 2)

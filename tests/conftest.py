@@ -53,6 +53,9 @@ def shrink_network(net_opt):
             net_opt[key] = [value] * len(net_opt[key])
     if net_opt.get('type') == 'KDSlimmableRCAN':  # CSD's slice squeezes w * num_feat // squeeze_factor channels: 1
         net_opt['squeeze_factor'] = 4
+    for key in ('encoder', 'decoder'):  # networks built from nested network dicts (PISR's teacher)
+        if isinstance(net_opt.get(key), dict):
+            net_opt[key] = shrink_network(net_opt[key])
     if net_opt.get('type') == 'KDVQGANEncoder':  # DCKD's encoder: the same levels and taps, 32 channels at the first
         net_opt['ddconfig'] = {**(net_opt.get('ddconfig') or {}), 'ch': 32}
     return net_opt
@@ -110,6 +113,8 @@ def shrink_option(opt, data_root, workdir, name, total_iter=2):
         opt['train']['num_negatives'] = 2
     if opt['train'].get('history'):  # DCKD's history model: updated at every iteration of the short run
         opt['train']['history']['update_schedule'] = [[total_iter, 1]]
+    if opt['train'].get('dfkd'):  # DFKD's generator: a step after every student step of the short run
+        opt['train']['dfkd']['student_steps'] = 1
     if 'val' in opt:
         opt['val'].update(val_freq=total_iter, save_img=False)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=total_iter, use_tb_logger=False)

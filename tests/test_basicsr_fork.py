@@ -69,9 +69,13 @@ def test_only_the_fork_is_importable(fork):
                                                 ('wavekd_restormer_derain.yml', 'KDWaveKDModel'),
                                                 ('lsfd_edsr_x2.yml', 'KDFeatureModel'),
                                                 ('dukd_rcan_x3.yml', 'KDDUKDModel'),
-                                                ('csd_edsr_x2.yml', 'KDCSDModel')],
+                                                ('csd_edsr_x2.yml', 'KDCSDModel'),
+                                                ('dfkd_restormer_derain.yml', 'KDDFKDModel'),
+                                                ('pisr_stage1_edsr_x2.yml', 'KDPISRTeacherModel'),
+                                                ('pisr_edsr_x2.yml', 'KDPISRStudentModel'),
+                                                ('mipkd_swinir_x2.yml', 'KDMiPKDModel')],
                          ids=['logits', 'fitnet', 'facd', 'slkd', 'dckd', 'mtkd', 'skd', 'wavekd', 'lsfd', 'dukd',
-                              'csd'])
+                              'csd', 'dfkd', 'pisr stage 1', 'pisr', 'mipkd'])
 def test_copied_files_train_with_the_forks_train_py(fork, demo_root, restoration_root, tmp_path, option, model_type):
     name = f'fork_{option.split("_")[0]}'
     opt = load_option(os.path.join(OPTIONS, option))

@@ -22,7 +22,11 @@ def test_ratios_on_fixed_timings():
 
 
 @pytest.mark.parametrize('option, model_type', [('fitnet_edsr_x2.yml', 'KDFeatureModel'),
-                                                ('csd_edsr_x2.yml', 'KDCSDModel')], ids=['fitnet', 'csd'])
+                                                ('csd_edsr_x2.yml', 'KDCSDModel'),
+                                                ('dfkd_restormer_derain.yml', 'KDDFKDModel'),
+                                                ('pisr_edsr_x2.yml', 'KDPISRStudentModel'),
+                                                ('mipkd_rcan_x2.yml', 'KDMiPKDModel')],
+                         ids=['fitnet', 'csd', 'dfkd', 'pisr', 'mipkd'])
 def test_one_step_run_writes_the_table(demo_root, tmp_path, option, model_type):
     opt = shrink_option(load_option(os.path.join(OPTIONS, option)), demo_root, str(tmp_path), 'bench')
     path = tmp_path / 'bench.yml'

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 import test_csd
+import test_dfkd
 import test_dukd
+import test_mipkd
 import test_mtkd_model
+import test_pisr
 import test_skd_model
 import test_wavekd_model
 from conftest import build_model_from, random_batch, shrink_option
@@ -158,6 +161,31 @@ def test_lsfd_term_reaches_the_student_up_to_its_last_tap_and_the_whole_regresso
                          'reg': names_of(model.helpers['reg'])}
 
 
+# -------------------------------------------------------------------------------------------------------- MiPKD
+def test_mipkd_feature_mixer_term_reaches_the_student_up_to_its_last_position_and_the_mixer(tmp_path):
+    model = built(test_mipkd.mipkd_opt(tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_fpm'], ['conv_first.weight', 'body.1.conv.weight', 'body.2.conv.bias'],
+                                    **FLOAT64)
+    mixer = model.helpers['mixer']
+    assert receivers == {'g': names_of(model.net_g) - names_of(model.net_g, 'conv_after_body.', 'upsample.',
+                                                               'conv_last.'),
+                         'mixer': names_of(mixer) - names_of(mixer, 'decoders_s.')}  # D_S serves the block mixer only
+
+
+@pytest.mark.parametrize('student_prob', [1.0, 0.0], ids=['on in the student', 'on in the teacher'])
+def test_mipkd_block_mixer_term_reaches_the_student_and_the_mixer_of_its_position(tmp_path, student_prob):
+    model = built(test_mipkd.mipkd_opt(tmp_path, student_prob=student_prob), tmp_path)
+    receivers = check_gradient_path(model, ['l_bpm'], ['conv_first.weight', 'body.0.conv.weight'], **FLOAT64)
+    k, student, mixer = model.block_position, model.net_g, model.helpers['mixer']
+    parts = ('encoders_s', 'encoders_t', 'decoders_s' if student_prob else 'decoders_t')
+    if student_prob:  # the student's layers after position k run on the mixed feature: every parameter
+        expected = names_of(student)
+    else:  # the teacher runs on after position k: the student's layers up to it, through the mixer
+        last = int(model.taps['g'].paths[k].split('.')[1])
+        expected = names_of(student, 'conv_first.', *(f'body.{i}.' for i in range(last + 1)))
+    assert receivers == {'g': expected, 'mixer': names_of(mixer, *(f'{part}.{k}.' for part in parts))}
+
+
 # --------------------------------------------------------------------------------------------------------- MTKD
 def test_mtkd_wavelet_term_reaches_every_student_parameter(demo_root, tmp_path):
     opt = shrink_option(test_mtkd_model.tiny('mtkd_edsr_x2.yml'), demo_root, str(tmp_path), 'stage2')
@@ -229,3 +257,26 @@ def test_csd_contrastive_term_reaches_the_whole_super_network_and_no_vgg_weight(
     receivers = check_gradient_path(model, ['l_csd'], ['conv_first.weight', 'body.1.conv2.weight', 'conv_last.weight'],
                                     teacher_is_student=True, **FLOAT64)
     assert receivers == {'g': names_of(model.net_g)}
+
+
+# ------------------------------------------------------------------------------------------------------- DFKD
+def test_dfkd_student_term_reaches_every_student_parameter_and_not_the_generator(tmp_path):
+    model = built(test_dfkd.dfkd_opt(tmp_path), tmp_path)  # the student's input is G(z), made under no_grad
+    receivers = check_gradient_path(model, ['l_kd'], ['patch_embed.proj.weight', 'output.weight'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g), 'gen': set()}
+
+
+# ------------------------------------------------------------------------------------------------------- PISR
+def test_pisr_vid_term_reaches_the_student_up_to_its_tap_and_the_whole_vid_regressor(demo_root, tmp_path):
+    model = built(test_pisr.pisr_opt(demo_root, tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_vid'], ['conv_first.weight', 'body.1.conv2.weight',
+                                                       'conv_after_body.bias'], **FLOAT64)
+    student = model.net_g
+    assert receivers == {'g': names_of(student) - names_of(student, 'upsample.', 'conv_last.'),
+                         'vid': names_of(model.helpers['vid'])}
+
+
+def test_pisr_imitation_term_reaches_the_teachers_encoder_only(demo_root, tmp_path):
+    model = built(test_pisr.stage1_opt(demo_root, tmp_path), tmp_path)
+    receivers = check_gradient_path(model, ['l_im'], ['encoder.body.0.weight', 'encoder.body.6.bias'], **FLOAT64)
+    assert receivers == {'g': names_of(model.net_g, 'encoder.')}

@@ -21,9 +21,16 @@ from conftest import OPTIONS, differing_tensors, load_option, shrink_option, two
     ('lsfd_edsr_x2.yml', 'KDRecordingFeatureModel', ['g', 'reg'], 'demo_root'),
     ('dukd_edsr_x2.yml', 'KDRecordingDUKDModel', ['g'], 'demo_root'),
     ('csd_edsr_x2.yml', 'KDRecordingCSDModel', ['g'], 'demo_root'),
+    ('dfkd_restormer_derain.yml', 'KDRecordingDFKDModel', ['g', 'gen'], 'restoration_root'),
+    ('pisr_stage1_edsr_x2.yml', 'KDRecordingPISRTeacherModel', ['g'], 'demo_root'),
+    ('pisr_edsr_x2.yml', 'KDRecordingPISRStudentModel', ['g', 'vid'], 'demo_root'),
+    ('mipkd_rcan_x2.yml', 'KDRecordingMiPKDModel', ['g', 'mixer'], 'demo_root'),
 ], ids=['logits', 'fitnet with a trainable regressor', 'progressive patches of padded pairs', 'wavekd',
         'lsfd with a five-layer regressor', 'dukd: two student forwards (LQ + zoom-in, zoom-out) per step',
-        'csd: both widths in one DDP forward'])
+        'csd: both widths in one DDP forward',
+        'dfkd: the generator, trained by its own optimiser, synchronised too',
+        'pisr stage 1: the teacher fed GT, its encoder hooked', 'pisr: the VID regressor, the teacher fed GT',
+        'mipkd: a second student or teacher forward, decoders unused on some steps (find_unused_parameters)'])
 def test_two_cpu_ranks_finish_with_identical_students(request, tmp_path, option, model_type, networks, data):
     opt = shrink_option(load_option(os.path.join(OPTIONS, option)), request.getfixturevalue(data), str(tmp_path), 'ddp')
     opt['model_type'] = model_type

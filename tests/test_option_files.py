@@ -150,8 +150,9 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
     checkpoint = torch.load(models / 'net_g_latest.pth', weights_only=True)
     # MTKD's stage 1 trains its aggregator as network_g: fed the teachers' outputs (HR size), saved with their list
     # and its own network options; an SKD student records its pixel range (KDEvalModel checks val.pixel_range); CSD's
-    # params are the student slice of its super-network, saved beside it
+    # params are the student slice of its super-network, saved beside it; PISR's stage 1 trains its teacher, fed GT
     aggregator = opt['model_type'] == 'KDMTKDAggregationModel'
+    gt_fed = opt['model_type'] == 'KDPISRTeacherModel'
     extras = {'KDMTKDAggregationModel': {'teachers', 'network'}, 'KDSKDModel': {'pixel_range'},
               'KDCSDModel': {'supernet_params', 'supernet_params_ema'}}
     assert set(checkpoint) <= {'params', 'params_ema', *extras.get(opt['model_type'], ())}
@@ -167,6 +168,7 @@ def test_two_iterations_train_and_the_student_loads_as_srmodel(path, request, tm
     model = build_model_from(plain, str(tmp_path / 'plain'), is_train=False)
     assert not differing_tensors(model.net_g.state_dict(), checkpoint['params'])
     channels, size = (3 * len(checkpoint['teachers']), 16 * scale) if aggregator else (3, 16)
+    size = 16 * scale if gt_fed else size
     model.feed_data({'lq': torch.rand(1, channels, size, size)})  # 16: a multiple of every shrunk window size
     model.test()
     assert model.output.shape == (1, 3, 16 * scale, 16 * scale)

@@ -16,15 +16,27 @@ MANIFEST = teacher_manifest.load_manifest()
 PRESETS = load_presets()
 
 
-def option_teachers():
-    """(option file, option key, teacher path, teacher network) of every pretrained teacher in options/*.yml."""
+def option_teachers(trained_here=False):
+    """(option file, option key, teacher path, teacher network) of every pretrained teacher in options/*.yml; with
+    ``trained_here``, instead those another option file trains (PISR's stage-1 teacher:
+    ``experiments/<its name>/models/...``)."""
     found = []
     for path in sorted(glob.glob(os.path.join(OPTIONS, '*.yml'))):
         opt = load_option(path)
         for key, value in opt['path'].items():
-            if key.startswith('pretrain_network_t') and value:
+            published = str(value).startswith('experiments/pretrained_models/')
+            if key.startswith('pretrain_network_t') and value and published != trained_here:
                 found.append((os.path.basename(path), key, value, opt[key[len('pretrain_'):]]))
     return found
+
+
+def test_a_teacher_trained_by_another_option_file_is_that_files_network_g():
+    teachers = option_teachers(trained_here=True)
+    assert teachers  # PISR's students
+    for option, key, path, network in teachers:
+        folders = path.split('/')
+        assert folders[0] == 'experiments' and folders[2] == 'models', f'{option}: {key} = {path}'
+        assert load_option(os.path.join(OPTIONS, f'{folders[1]}.yml'))['network_g'] == network, f'{option}: {key}'
 
 
 def test_every_teacher_of_the_option_files_is_listed_with_the_network_the_option_builds():
