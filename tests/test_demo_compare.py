@@ -123,11 +123,11 @@ def test_the_shrunk_comparison_writes_every_selected_row_and_figure(shrunk):
     rows = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines() if line.startswith('| ')]
     assert rows.count('from scratch') == 2 and rows.count('Logits KD') == 2
     arms = demo_compare.selected_arms(SHRUNK_METHODS)
-    assert len(arms) == 12 and set(rows) == {arm.label for arm in arms} | {'bicubic', 'noisy input'}
+    assert len(arms) == 12 and set(rows) - {'method', '---'} == {arm.label for arm in arms} | {'bicubic', 'noisy input'}
     assert 'Frozen network `vqgan`: random weights' in text and 'Frozen network `vgg`: random weights' in text
     for name in ('gains.png', 'crops_sr.png', 'crops_restoration.png'):
         image = cv2.imread(str(root / 'out' / name))
-        assert image is not None and min(image.shape[:2]) > 200, name
+        assert image is not None and min(image.shape[:2]) > 150, name  # a bar per selected arm
 
 
 def test_run_again_the_comparison_trains_nothing(shrunk, monkeypatch):
