@@ -232,13 +232,18 @@ def assert_regressor_method_resumes(opt, cwd):
     resumed: the student and ``network_reg`` continue from their iteration-2 weights, the optimiser (the student's
     group and the regressor's) and scheduler from their saved states, and the regressor trains on."""
     saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, cwd)
-    for name in ('g', 'reg'):
-        assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_iter_2, ('g', 'reg'))
     assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the regressor's
     assert_optimisers_resumed(saved, resumed)
     reg_at_3 = torch.load(os.path.join(cwd, 'experiments', opt['name'], 'models', 'net_reg_latest.pth'),
                           weights_only=True)
     assert differing_tensors(reg_at_3['params'], at_iter_2['reg'])  # and it trains on after the resume
+
+
+def assert_networks_resumed(resumed, at_iter_2, names):
+    """Each network ``names`` of a resumed run (``interrupted_and_resumed``) holds its iteration-2 weights."""
+    for name in names:
+        assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
 
 
 def assert_optimisers_resumed(saved, resumed):

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, fixed,
-                      interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, same_tensors,
+from conftest import (OPTIONS, assert_networks_resumed, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      fixed, interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, same_tensors,
                       shrink_option, snapshot)
 from basicsr.archs import build_network
 from test_skd_model import tiny
@@ -267,8 +267,7 @@ def test_auto_resume_restores_student_generator_and_both_optimisers(restoration_
     opt.pop('val')
     saved, resumed, at_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     assert list(resumed['networks']) == ['g', 'gen']
-    for name in ('g', 'gen'):
-        assert not differing_tensors(resumed['networks'][name], at_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_2, ('g', 'gen'))
     assert len(saved['optimizers']) == 2 and len(saved['schedulers']) == 2  # the student's and the generator's
     assert_optimisers_resumed(saved, resumed)
     models = tmp_path / 'experiments' / 'dfkd' / 'models'

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, fixed,
-                      interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, shrink_option)
+from conftest import (OPTIONS, assert_networks_resumed, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      fixed, interrupted_and_resumed, load_option, loss, mae_by_loop, random_batch, shrink_option)
 from basicsr_kd.parsed_options import parsed_options
 from kd_archs.kd_mipkd_mixer_arch import KDPriorMixer
 from kd_models.kd_mipkd_model import KDMiPKDModel, replaced_outputs
@@ -230,8 +230,7 @@ def test_auto_resume_restores_student_mixer_and_optimiser(demo_root, tmp_path):
     opt.pop('val')
     saved, resumed, at_2, _ = interrupted_and_resumed(opt, str(tmp_path))
     assert sorted(resumed['networks']) == ['g', 'mixer']
-    for name in ('g', 'mixer'):
-        assert not differing_tensors(resumed['networks'][name], at_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_2, ('g', 'mixer'))
     assert_optimisers_resumed(saved, resumed)
     assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the mixer's
     assert saved['kd']['method'] == {}  # no state besides the networks: masks and R are drawn anew at every step

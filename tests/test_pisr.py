@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs import build_network
 
-from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, fixed,
-                      interrupted_and_resumed, load_option, loss, random_batch, save_random_weights, shrink_option)
+from conftest import (OPTIONS, assert_networks_resumed, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      fixed, interrupted_and_resumed, load_option, loss, random_batch, save_random_weights,
+                      shrink_option)
 
 TEACHER_WIDTH = 24  # the shrunk teacher decoder's width, unlike the student's 16: network_vid maps 16 -> 24
 
@@ -261,8 +262,7 @@ def test_stage2_auto_resume_restores_student_regressor_and_optimiser(demo_root, 
     opt = pisr_opt(demo_root, tmp_path, 'resume')
     opt['model_type'] = 'KDRecordingPISRStudentModel'
     saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, str(tmp_path))
-    for name in ('g', 'vid'):
-        assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_iter_2, ('g', 'vid'))
     assert len(saved['optimizers'][0]['param_groups']) == 2
     assert_optimisers_resumed(saved, resumed)
     teacher = torch.load(opt['path']['pretrain_network_t'], weights_only=True)['params']

@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from conftest import OPTIONS, RECORDING_TRAIN, differing_tensors, load_option, run_train, shrink_option, training_steps
+from conftest import (OPTIONS, RECORDING_TRAIN, assert_networks_resumed, differing_tensors, load_option, run_train,
+                      shrink_option, training_steps)
 
 
 def test_auto_resume_restores_optimiser_scheduler_and_networks(demo_root, tmp_path):
@@ -44,8 +45,7 @@ def test_auto_resume_restores_optimiser_scheduler_and_networks(demo_root, tmp_pa
     assert resumed['schedulers'] == saved['schedulers']
     assert saved['schedulers'][0]['last_epoch'] == 1 and dict(saved['schedulers'][0]['milestones']) == {3: 1}
     at_iter_2 = torch.load(root / 'iter2_rank0.pth', weights_only=True)
-    for name in ('g', 'reg'):
-        assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_iter_2, ('g', 'reg'))
     # BasicSR's check_resume turns param_key_t: params_ema into params; the resumed run must keep the EMA teacher
     assert not differing_tensors(resumed['teachers']['t'], teacher_ema)
     assert (root / 'training_states' / '4.state').is_file() and (root / 'models' / 'net_reg_4.pth').is_file()

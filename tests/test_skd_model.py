@@ -9,8 +9,9 @@ import yaml
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
-from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
-                      load_option, random_batch, same_tensors, shrink_option, snapshot, two_rank_run)
+from conftest import (OPTIONS, assert_networks_resumed, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      interrupted_and_resumed, load_option, random_batch, same_tensors, shrink_option, snapshot,
+                      two_rank_run)
 from datasets_prep import make_test_options
 from kd_models.kd_token_maps import tokens_to_map
 
@@ -251,8 +252,7 @@ def test_auto_resume_restores_student_projector_and_optimiser(restoration_root, 
     opt['model_type'] = 'KDRecordingSKDModel'
     opt.pop('val')
     saved, resumed, at_2, _ = interrupted_and_resumed(opt, str(tmp_path))
-    for name in ('g', 'proj'):
-        assert not differing_tensors(resumed['networks'][name], at_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_2, ('g', 'proj'))
     assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the projector's
     assert_optimisers_resumed(saved, resumed)
     models = tmp_path / 'experiments' / 'skd' / 'models'

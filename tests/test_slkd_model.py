@@ -10,9 +10,9 @@ import pytest
 import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from conftest import (OPTIONS, assert_optimisers_resumed, build_model_from, differing_tensors, interrupted_and_resumed,
-                      load_option, random_batch, same_tensors, save_random_weights, shrink_network, shrink_option,
-                      snapshot, two_rank_run)
+from conftest import (OPTIONS, assert_networks_resumed, assert_optimisers_resumed, build_model_from, differing_tensors,
+                      interrupted_and_resumed, load_option, random_batch, same_tensors, save_random_weights,
+                      shrink_network, shrink_option, snapshot, two_rank_run)
 from datasets_prep import prepare_rain13k
 from kd_models.kd_token_maps import tokens_to_map, tokens_to_maps
 
@@ -248,8 +248,7 @@ def test_auto_resume_restores_student_scms_optimiser_and_both_teachers(restorati
     opt = restormer_opt(restoration_root, str(tmp_path), 'resume')
     opt['model_type'] = 'KDRecordingSLKDModel'
     saved, resumed, at_iter_2, _ = interrupted_and_resumed(opt, str(tmp_path))
-    for name in ('g', 'scm_e', 'scm_d'):
-        assert not differing_tensors(resumed['networks'][name], at_iter_2[name]), f'net_{name} did not resume'
+    assert_networks_resumed(resumed, at_iter_2, ('g', 'scm_e', 'scm_d'))
     assert len(saved['optimizers'][0]['param_groups']) == 2  # the student's group and the SCMs'
     assert_optimisers_resumed(saved, resumed)
     teacher = torch.load(opt['path']['pretrain_network_t1'], weights_only=True)['params']
