@@ -396,6 +396,21 @@ class KDBaseModel(SRModel):
                           f'{str(error).splitlines()[0] if str(error) else ""}): it is truncated or corrupt, e.g. by '
                           'an interrupted download or copy. Download or convert it again.')
 
+    def read_weights(self, load_path, option, param_key, key_option):
+        """The state dict under ``param_key`` of the weight file ``option`` names (``params_ema`` falls back to
+        ``params`` where the file has no EMA weights), without DDP's ``module.`` prefix, and the key read. A missing
+        key names ``option`` and ``key_option``."""
+        checkpoint = self.read_weight_file(load_path, option)
+        if param_key == 'params_ema' and isinstance(checkpoint, dict) and param_key not in checkpoint:
+            param_key = 'params'  # a file saved without EMA (the official teachers)
+        if not isinstance(checkpoint, dict) or param_key not in checkpoint:
+            held = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise KeyError(f'{option} = {load_path}: no "{param_key}" in it ({key_option}); it holds '
+                           f'{held}. Convert it to BasicSR\'s layout (python -m datasets_prep.convert_checkpoint)')
+        state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
+                            for k, v in checkpoint[param_key].items())
+        return state, param_key
+
     def load_frozen_weights(self, net, name, param_key=None):
         """Load ``net`` from ``path.pretrain_network_<name>`` and record what it loaded in ``frozen_sources``."""
         path_opt = self.opt['path']
@@ -404,16 +419,8 @@ class KDBaseModel(SRModel):
         if not load_path:
             raise ValueError(f'{option} is not set: network_{name} must load pretrained weights (a random frozen '
                              'network would silently teach noise). See README, "Pretrained teachers".')
-        checkpoint = self.read_weight_file(load_path, option)
         param_key = param_key or path_opt.get(f'param_key_{name}', 'params_ema')
-        if param_key == 'params_ema' and isinstance(checkpoint, dict) and param_key not in checkpoint:
-            param_key = 'params'  # a file saved without EMA (the official teachers)
-        if not isinstance(checkpoint, dict) or param_key not in checkpoint:
-            held = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-            raise KeyError(f'{option} = {load_path}: no "{param_key}" in it (path.param_key_{name}); it holds '
-                           f'{held}. Convert it to BasicSR\'s layout (python -m datasets_prep.convert_checkpoint)')
-        state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                            for k, v in checkpoint[param_key].items())
+        state, param_key = self.read_weights(load_path, option, param_key, f'path.param_key_{name}')
         strict = path_opt.get(f'strict_load_{name}', True)
         try:
             result = net.load_state_dict(state, strict=strict)

@@ -100,15 +100,8 @@ class KDPISRTeacherModel(KDBaseModel):
             get_root_logger().info(f'path.pretrain_network_decoder = {load_path} not read: network_g was loaded from '
                                    f'path.pretrain_network_g = {path_opt["pretrain_network_g"]}')
             return
-        checkpoint = self.read_weight_file(load_path, 'path.pretrain_network_decoder')
-        param_key = path_opt.get('param_key_decoder', 'params_ema')
-        if param_key == 'params_ema' and isinstance(checkpoint, dict) and param_key not in checkpoint:
-            param_key = 'params'
-        if not isinstance(checkpoint, dict) or param_key not in checkpoint:
-            raise KeyError(f'path.pretrain_network_decoder = {load_path}: no "{param_key}" in it '
-                           '(path.param_key_decoder)')
-        state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                            for k, v in checkpoint[param_key].items())
+        state, param_key = self.read_weights(load_path, 'path.pretrain_network_decoder',
+                                             path_opt.get('param_key_decoder', 'params_ema'), 'path.param_key_decoder')
         decoder = self.get_bare_model(self.net_g).decoder
         try:
             decoder.load_state_dict(state, strict=path_opt.get('strict_load_decoder', True))
