@@ -14,6 +14,6 @@ setup(
         'torch', 'torchvision', 'basicsr==1.4.2', 'numpy', 'opencv-python', 'lmdb', 'pyyaml', 'scikit-image', 'scipy',
         'tqdm', 'Pillow'
     ],
-    extras_require={'test': ['pytest'], 'demo': ['matplotlib']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'PyWavelets', 'piq'], 'demo': ['matplotlib']},
     entry_points={'console_scripts': ['kd-train = basicsr_kd.cli:train', 'kd-test = basicsr_kd.cli:test']},
 )

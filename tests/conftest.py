@@ -24,6 +24,8 @@ from kd_models.kd_base_model import KDBaseModel
 
 register_plugin()
 patch_basicsr()  # in-process models run as under train.py (DDP on CPU, resume on CPU)
+if os.environ.get('PYTEST_XDIST_WORKER'):  # `pytest -n 2` (make test): one torch thread per worker on 2 cores
+    torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = os.path.join(ROOT, 'options')
