@@ -5,8 +5,10 @@ working directory is the demo's output folder, resumed where it stopped, and its
 A run is finished when ``experiments/<run>/models/net_g_latest.pth`` exists (BasicSR writes it after the last
 iteration). Started again with the same option copy, a finished run is kept and a stopped one continues from its
 last training state (``--auto_resume``; the runs save one every ``save_checkpoint_freq`` iterations); a run whose
-options changed since is trained anew, and says so.
+options or whose read weights (a teacher trained again, another frozen file) changed since is trained anew, and says
+so.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -90,15 +92,28 @@ def log_fields(line):
     return iteration, seconds
 
 
+def weights_read(opt, out):
+    """Comment lines naming every weight file the run loads (``path.pretrain_*``, relative to ``out``) with a digest
+    of its content, appended to the run's option copy: a teacher trained again changes the copy, so its students
+    train again instead of being kept."""
+    lines = []
+    for key, path in sorted(opt.get('path', {}).items()):
+        if key.startswith('pretrain_') and isinstance(path, str):
+            full = os.path.join(out, path)
+            digest = hashlib.sha256(open(full, 'rb').read()).hexdigest()[:16] if os.path.isfile(full) else 'missing'
+            lines.append(f'# {key} read: {digest}\n')
+    return ''.join(lines)
+
+
 def train(option, run, changes, out, threads=1, progress=None):
-    """Train run ``run`` on ``options/demo/<option>.yml`` with ``changes``; keep it if it finished with these options,
-    resume it if it stopped. ``progress(run, iteration, total)`` is called on each of BasicSR's iteration log lines.
-    Returns the run's mean logged seconds per iteration."""
+    """Train run ``run`` on ``options/demo/<option>.yml`` with ``changes``; keep it if it finished with these options
+    and read weights, resume it if it stopped. ``progress(run, iteration, total)`` is called on each of BasicSR's
+    iteration log lines. Returns the run's mean logged seconds per iteration."""
     opt = with_changes(load_demo_option(option), {'name': run, **changes})
     total = opt['train']['total_iter']
     opt_path = os.path.join(out, 'options', f'{run}.yml')
     os.makedirs(os.path.dirname(opt_path), exist_ok=True)
-    text = yaml.safe_dump(opt, sort_keys=False)
+    text = yaml.safe_dump(opt, sort_keys=False) + weights_read(opt, out)
     same = os.path.isfile(opt_path) and open(opt_path).read() == text
     if same and os.path.isfile(checkpoint(out, run)) and os.path.isfile(step_file(out, run)):
         if progress:
@@ -107,7 +122,7 @@ def train(option, run, changes, out, threads=1, progress=None):
     resume = same and training_states(out, run)
     if not resume:
         if os.path.isdir(os.path.join(out, 'experiments', run)):
-            say(f'[{run}] options changed or no training state: training anew')
+            say(f'[{run}] options, read weights changed or no training state: training anew')
         shutil.rmtree(os.path.join(out, 'experiments', run), ignore_errors=True)
         with open(opt_path, 'w') as f:
             f.write(text)

@@ -6,7 +6,9 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
+from basicsr.archs import build_network
 
 from basicsr_kd import demo_compare, demo_runs
 from basicsr_kd.demo_figures import disagreement_crop
@@ -102,14 +104,41 @@ def test_a_stopped_run_resumes_from_its_last_state_and_a_changed_one_starts_agai
                                      if name.endswith('.log'))
 
 
-SHRUNK_METHODS = ['dckd', 'mtkd', 'skd']
+def test_a_finished_student_trains_again_when_its_teacher_changed(demo_root, tmp_path):
+    """A student is kept only while the teacher file it read is the same: a teacher trained again is not silently
+    paired with students of the old one."""
+    out = str(tmp_path)
+    data = {'datasets:train:dataroot_gt': os.path.join(demo_root, 'train', 'HR'),
+            'datasets:train:dataroot_lq': os.path.join(demo_root, 'train', 'LR_bicubic', 'X2'),
+            'datasets:train:gt_size': 24, 'datasets:train:batch_size_per_gpu': 2,
+            **demo_compare.schedule(2), 'logger:print_freq': 1}
+    teacher_opt = demo_runs.load_demo_option('demo_student_logits_x2')['network_t']
+    teacher_path = demo_runs.checkpoint(out, 'demo_teacher_x2')
+    os.makedirs(os.path.dirname(teacher_path))
+
+    def write_teacher(seed):
+        torch.manual_seed(seed)
+        torch.save({'params_ema': build_network(teacher_opt).state_dict()}, teacher_path)
+
+    write_teacher(0)
+    demo_runs.train('demo_student_logits_x2', 'run', data, out)
+    first = os.path.getmtime(demo_runs.checkpoint(out, 'run'))
+    write_teacher(0)  # the same weights written again: kept
+    demo_runs.train('demo_student_logits_x2', 'run', data, out)
+    assert os.path.getmtime(demo_runs.checkpoint(out, 'run')) == first
+    write_teacher(1)  # another teacher: trained anew
+    demo_runs.train('demo_student_logits_x2', 'run', data, out)
+    assert os.path.getmtime(demo_runs.checkpoint(out, 'run')) != first
+
+
+SHRUNK_METHODS = ['dckd', 'mtkd', 'skd', 'pisr']
 
 
 @pytest.fixture(scope='module')
 def shrunk(tmp_path_factory):
     """The comparison of SHRUNK_METHODS (with their references and every teacher they need), one seed, 4 iterations
-    per run. Every arm's option file trains in test_option_files; these three bring the teacher chain (MTKD's three
-    teachers and aggregator), both tasks and both frozen networks."""
+    per run. Every arm's option file trains in test_option_files; these four bring the teacher chains (MTKD's three
+    teachers and aggregator; PISR's teacher, fed HR at evaluation), both tasks and both frozen networks."""
     root = tmp_path_factory.mktemp('compare')
     argv = ['--seeds', '0', '--iterations', '4', '--teacher-iterations', '4', '--print-freq', '1',
             '--methods', *SHRUNK_METHODS, '--data', str(root / 'data'), '--out', str(root / 'out')]
@@ -123,7 +152,7 @@ def test_the_shrunk_comparison_writes_every_selected_row_and_figure(shrunk):
     rows = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines() if line.startswith('| ')]
     assert rows.count('from scratch') == 2 and rows.count('Logits KD') == 2
     arms = demo_compare.selected_arms(SHRUNK_METHODS)
-    assert len(arms) == 12 and set(rows) - {'method', '---'} == {arm.label for arm in arms} | {'bicubic', 'noisy input'}
+    assert len(arms) == 14 and set(rows) - {'method', '---'} == {arm.label for arm in arms} | {'bicubic', 'noisy input'}
     assert 'Frozen network `vqgan`: random weights' in text and 'Frozen network `vgg`: random weights' in text
     for name in ('gains.png', 'crops_sr.png', 'crops_restoration.png'):
         image = cv2.imread(str(root / 'out' / name))
