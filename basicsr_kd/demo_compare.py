@@ -1,6 +1,6 @@
 """Every method side by side on the CPU demo: the x2 SR demo pair (EDSR teacher -> small EDSR student) from scratch
 and with each SR method and baseline, and a denoising demo pair (NAFNet teacher -> small NAFNet) from scratch, with
-Logits KD, WaveKD, SLKD and SKD; several seeds each, the same data, iterations, schedule and EMA within a task.
+Logits KD, WaveKD, SLKD, SKD and DFKD; several seeds each, the same data, iterations, schedule and EMA within a task.
 
     python -m basicsr_kd.demo_compare [--seeds 0 1 2] [--iterations N] [--methods logits dckd ...] [--jobs 2]
     make compare
@@ -52,6 +52,7 @@ class Arm:
     task: str
     needs: tuple = ()  # keys of the teacher arms whose weights the option file reads
     seeded: bool = True
+    fed: str = 'lq'  # what it is fed at evaluation: 'lq', 'gt' (PISR's teacher) or 'teachers' (the MTKD aggregator)
 
 
 SR_TEACHERS = ('teacher', 'teacher_rcan', 'teacher_swinir')
@@ -59,8 +60,9 @@ ARMS = (
     Arm('teacher', 'teacher EDSR', 'demo_teacher_x2', 'sr', seeded=False),
     Arm('teacher_rcan', 'teacher RCAN (MTKD)', 'demo_teacher_rcan_x2', 'sr', seeded=False),
     Arm('teacher_swinir', 'teacher SwinIR (MTKD)', 'demo_teacher_swinir_x2', 'sr', seeded=False),
-    Arm('mtkd_stage1', 'MTKD aggregator (stage 1)', 'demo_mtkd_stage1_x2', 'sr', SR_TEACHERS, seeded=False),
+    Arm('mtkd_stage1', 'MTKD aggregator (stage 1)', 'demo_mtkd_stage1_x2', 'sr', SR_TEACHERS, False, 'teachers'),
     Arm('rest_teacher', 'teacher NAFNet', 'demo_restoration_teacher', 'restoration', seeded=False),
+    Arm('pisr_teacher', 'PISR teacher (fed HR)', 'demo_pisr_teacher_x2', 'sr', ('teacher', ), False, 'gt'),
     Arm('scratch', 'from scratch', 'demo_student_scratch_x2', 'sr'),
     Arm('logits', 'Logits KD', 'demo_student_logits_x2', 'sr', ('teacher', )),
     Arm('fitnet', 'FitNet', 'demo_student_fitnet_x2', 'sr', ('teacher', )),
@@ -73,11 +75,14 @@ ARMS = (
     Arm('dckd', 'DCKD', 'demo_student_dckd_x2', 'sr', ('teacher', )),
     Arm('dckd_star', 'DCKD*', 'demo_student_dckd_star_x2', 'sr', ('teacher', )),
     Arm('mtkd', 'MTKD', 'demo_student_mtkd_x2', 'sr', (*SR_TEACHERS, 'mtkd_stage1')),
+    Arm('mipkd', 'MiPKD', 'demo_student_mipkd_x2', 'sr', ('teacher', )),
+    Arm('pisr', 'PISR', 'demo_student_pisr_x2', 'sr', ('pisr_teacher', )),
     Arm('rest_scratch', 'from scratch', 'demo_restoration_scratch', 'restoration'),
     Arm('rest_logits', 'Logits KD', 'demo_restoration_logits', 'restoration', ('rest_teacher', )),
     Arm('wavekd', 'WaveKD', 'demo_restoration_wavekd', 'restoration', ('rest_teacher', )),
     Arm('slkd', 'SLKD', 'demo_restoration_slkd', 'restoration', ('rest_teacher', )),
     Arm('skd', 'SKD', 'demo_restoration_skd', 'restoration', ('rest_teacher', )),
+    Arm('dfkd', 'DFKD (data-free)', 'demo_restoration_dfkd', 'restoration', ('rest_teacher', )),
 )
 ARM = {arm.key: arm for arm in ARMS}
 BASELINE = {'sr': ('scratch', 'logits'), 'restoration': ('rest_scratch', 'rest_logits')}  # paired references
@@ -304,8 +309,9 @@ def validation_pairs(task, args):
 
 
 def predict_all(runs, args):
-    """{run name: [BGR uint8 output per validation image]}, and {run name: parameters}; the MTKD aggregator is fed
-    its teachers' outputs, as in its training."""
+    """{run name: [BGR uint8 output per validation image]}, and {run name: parameters}; each network is fed what
+    its arm says (``Arm.fed``): the MTKD aggregator its teachers' outputs and PISR's teacher the HR image, as in their
+    training."""
     names = {run.arm.key: run.name for run in runs if not run.arm.seeded}
     raw, outputs, params = {}, {}, {}
     for run in runs:
@@ -313,13 +319,16 @@ def predict_all(runs, args):
         net = load_net(opt['network_g'], args.out, run.name)
         params[run.name] = sum(p.numel() for p in net.parameters())
         scale, multiple = opt.get('scale', 1), opt['network_g'].get('window_size') or 1
-        images = [img2tensor(lq, bgr2rgb=False)[None] for _, lq, _ in validation_pairs(run.arm.task, args)]
+        pairs = validation_pairs(run.arm.task, args)
         with torch.no_grad():
-            if run.arm.key == 'mtkd_stage1':
-                images = [torch.cat([raw[names[key]][i] for key in SR_TEACHERS], 1) for i in range(len(images))]
+            if run.arm.fed == 'teachers':
+                images = [torch.cat([raw[names[key]][i] for key in SR_TEACHERS], 1) for i in range(len(pairs))]
                 raw[run.name] = [net(image) for image in images]
             else:
-                raw[run.name] = [forward_padded(net, image, multiple, scale) for image in images]
+                fed_gt = run.arm.fed == 'gt'  # the HR image (BGR uint8) in place of the LR input
+                images = [img2tensor(gt.astype(np.float32) / 255. if fed_gt else lq, bgr2rgb=fed_gt)[None]
+                          for _, lq, gt in pairs]
+                raw[run.name] = [forward_padded(net, image, multiple, 1 if fed_gt else scale) for image in images]
         outputs[run.name] = [tensor2img(image.clamp(0, 1)) for image in raw[run.name]]
     return outputs, params
 
