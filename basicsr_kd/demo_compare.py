@@ -89,8 +89,8 @@ BASELINE = {'sr': ('scratch', 'logits'), 'restoration': ('rest_scratch', 'rest_l
 TASK_LABEL = {'sr': 'x2 super-resolution', 'restoration': 'denoising'}
 METRIC_CHANNELS = {'sr': 'Y', 'restoration': 'RGB'}  # SR papers score Y; denoising (SIDD) scores RGB
 # Student iterations of the comparison (the option files say 1,000 and 800, which `make demo` and single runs use):
-# with every arm, 3 seeds and two runs at a time, these fit the hour on 2 cores.
-COMPARE_ITERATIONS = {'sr': 700, 'restoration': 600}
+# with every arm, 3 seeds and two runs at a time, these took 58 minutes on 2 cores (README "Results").
+COMPARE_ITERATIONS = {'sr': 600, 'restoration': 500}
 
 
 @dataclass
