@@ -27,6 +27,6 @@ compare: setup
 	$(PY) -m basicsr_kd.demo_compare
 
 # two pytest workers: most tests run one single-threaded process (a train.py run, a model step), so the suite takes
-# about 7 minutes on 2 cores instead of 12
+# 8.5-10 minutes on 2 cores instead of 12-13 (most of the time is subprocesses: DDP, resume and fork runs)
 test: setup
 	$(PY) -m pytest -q -n 2 tests
